@@ -1,0 +1,112 @@
+# Every daily task of the platform. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements-dev.lock pyproject.toml | cksum | cut -d' ' -f1)
+
+# Local defaults a user can override: make train EPOCHS=3 DATASET=digits
+DATASET ?= digits
+MODEL ?= resnet18
+EPOCHS ?= 10
+WORKERS ?= 2
+MODEL_NAME ?= digits-classifier
+MLFLOW_PORT ?= 5000
+MLFLOW_TRACKING_URI ?= http://127.0.0.1:$(MLFLOW_PORT)
+RAY_DASHBOARD ?= http://127.0.0.1:8265
+COVERAGE_FLOOR ?= 80
+# Targets run the venv's tools; a cluster started here runs jobs' `python` from the venv too.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+# Ray's CLI and SDK read ~/.ray/auth_token only in token mode (on by default for new clusters).
+export RAY_AUTH_MODE ?= token
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+# --- environment -------------------------------------------------------------------------------
+$(STAMP): requirements-dev.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.lock
+	@rm -f $(VENV)/.installed-* && touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## create .venv from the lock file (only when the lock changed)
+
+.PHONY: lock
+lock: $(STAMP) ## re-resolve requirements.lock and requirements-dev.lock from pyproject.toml
+	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links \
+		-P torch==2.14.1 -P torchvision==0.29.1 -o requirements.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links \
+		-P torch==2.14.1 -P torchvision==0.29.1 --extra dev -o requirements-dev.lock pyproject.toml
+
+.PHONY: system-deps
+system-deps: ## Debian tools the tests use (shellcheck), installed when missing and root
+	@command -v shellcheck >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null) || \
+		echo "warning: shellcheck missing (apt-get install shellcheck)"; }
+
+# --- quality gates ------------------------------------------------------------------------------
+.PHONY: lint
+lint: $(STAMP) ## ruff (lint + format check), mypy, bandit
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/bandit -q -c pyproject.toml -r app jobs serve -ll
+
+.PHONY: format
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+.PHONY: security
+security: $(STAMP) ## bandit on the code, pip-audit on the locked dependencies
+	$(BIN)/bandit -q -c pyproject.toml -r app jobs serve -ll
+	$(BIN)/pip-audit --requirement requirements.lock --no-deps --disable-pip --progress-spinner off
+
+# --- tests --------------------------------------------------------------------------------------
+.PHONY: test
+test: $(STAMP) system-deps ## the whole suite: unit, integration, e2e (starts and stops its services)
+	$(PY) -m pytest -m "not gpu" --cov --cov-report=term --cov-report=xml
+	$(PY) -m coverage report --include='app/*' --fail-under=$(COVERAGE_FLOOR) --skip-covered
+
+.PHONY: test-unit
+test-unit: $(STAMP) ## unit tests only (seconds, no services)
+	$(PY) -m pytest tests/unit
+
+# --- running the platform locally ---------------------------------------------------------------
+.PHONY: demo
+demo: $(STAMP) ## train on digits end to end, register the model (no cluster needed)
+	$(PY) jobs/train.py --dataset digits --model $(MODEL) --epochs $(EPOCHS) \
+		--num-workers $(WORKERS) --register-as $(MODEL_NAME) --alias challenger \
+		--results-json results/train.json
+
+.PHONY: mlflow-ui
+mlflow-ui: $(STAMP) ## MLflow UI + tracking server on a local SQLite store (foreground)
+	$(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+		--backend-store-uri sqlite:///mlflow.db --serve-artifacts --artifacts-destination mlartifacts
+
+.PHONY: ray-up
+ray-up: $(STAMP) ## start a local Ray head (dashboard on 127.0.0.1:8265) logging to MLFLOW_TRACKING_URI
+	MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI) $(BIN)/ray start --head --dashboard-host 127.0.0.1
+
+.PHONY: ray-down
+ray-down: ## stop the local Ray cluster
+	$(BIN)/ray stop
+
+.PHONY: submit-train
+submit-train: $(STAMP) ## submit jobs/train.py to the running cluster as a Ray Job
+	$(BIN)/ray job submit --address $(RAY_DASHBOARD) --runtime-env runtime_env.yaml \
+		--working-dir . -- python jobs/train.py --dataset $(DATASET) --model $(MODEL) \
+		--epochs $(EPOCHS) --num-workers $(WORKERS) --register-as $(MODEL_NAME)
+
+.PHONY: clean
+clean: ## remove caches and local run outputs (keeps .venv, data/ and mlflow.db)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .coverage coverage.xml results
+
+-include cluster/mlflow/mlflow.mk
+-include cluster/cluster.mk

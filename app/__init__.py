@@ -1,0 +1,1 @@
+"""Ray-native MLOps platform for image classification: the importable library."""

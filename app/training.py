@@ -1,0 +1,406 @@
+"""The per-worker training loop.
+
+The loop is plain PyTorch behind a small ``WorkerContext`` interface (rank, device, DDP wrap,
+all-reduce, checkpoint load / report). ``app.trainer`` runs it on Ray Train workers through
+``RayWorkerContext``; ``LocalContext`` runs it in one process (unit tests, the GPU benchmark).
+This module imports without Ray installed.
+
+Data: each rank holds the dataset as uint8 tensors on its device and takes its own shard of a
+seeded permutation every epoch (what DistributedSampler does), so augmentation and
+normalisation run per batch on the training device with no DataLoader processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from app.config import TrainConfig
+from app.data import DatasetInfo, ImageSplits, augment, normalize
+from app.models import ModelSpec, build_model, cpu_state_dict, unwrap
+
+CHECKPOINT_FILE = "state.pt"
+
+
+class MetricSink(Protocol):
+    """Where rank 0's metrics go (MLflow in production); ``flush`` sends what is buffered."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class NullSink:
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class WorkerContext(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def wrap_model(self, model: nn.Module) -> nn.Module: ...
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor: ...
+
+    def load_checkpoint(self) -> dict[str, Any] | None: ...
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None: ...
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class LocalContext:
+    """One process, no Ray: keeps the latest checkpoint state in memory."""
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.rank, self.world_size = 0, 1
+        self.device = device or pick_device()
+        self.checkpoint: dict[str, Any] | None = None
+        self.reports: list[dict[str, float]] = []
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        return values
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        return self.checkpoint
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        self.reports.append(metrics)
+        if state is not None:
+            self.checkpoint = state
+
+
+class RayWorkerContext:
+    """A Ray Train worker: DDP through ``prepare_model``, checkpoints through ``report``."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(values)
+        return values
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            return load_state(Path(folder))
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        import ray.train
+
+        # report() is a collective: every rank calls it, only rank 0 passes the checkpoint.
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = None
+            if state is not None:
+                save_state(state, Path(folder))
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def save_state(state: dict[str, Any], folder: Path) -> None:
+    torch.save(state, folder / CHECKPOINT_FILE)
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    # weights_only: a checkpoint holds tensors, numbers, strings and containers, never code.
+    state: dict[str, Any] = torch.load(
+        folder / CHECKPOINT_FILE, map_location="cpu", weights_only=True
+    )
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision, optimizer, schedule
+
+
+@dataclass(frozen=True)
+class Precision:
+    autocast_dtype: torch.dtype | None  # None: full fp32
+    grad_scaler: bool  # fp16 needs loss scaling, bf16 does not
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
+    """Mixed precision on GPU only: bf16 where the GPU supports it, else fp16 with a scaler."""
+    if device.type != "cuda" or requested == "off":
+        return Precision(None, False)
+    bf16_ok = torch.cuda.is_bf16_supported()
+    if requested == "bf16" or (requested == "auto" and bf16_ok):
+        return Precision(torch.bfloat16, False)
+    return Precision(torch.float16, True)
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on norms and biases: standard practice for both architectures.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+
+
+def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Learning rate for optimizer step ``step`` (0-based). Computed, not stateful, so a
+    resumed run continues the schedule from its global step."""
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total_steps - 1)
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule == "step":
+        return cfg.lr * (0.1 ** sum(step >= total_steps * f for f in (0.5, 0.75)))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * max(0.0, 1 - progress)  # onecycle: linear warm-up, linear decay to zero
+
+
+# ---------------------------------------------------------------------------------------------
+# Data shards
+
+
+def shard_order(n: int, epoch: int, seed: int, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's sample order for an epoch: the same seeded permutation on every rank, cut
+    into equal strided shards (a rank's extra tail is dropped so every rank takes the same
+    number of steps, which DDP's collectives need)."""
+    generator = torch.Generator().manual_seed(seed * 10_007 + epoch)
+    permutation = torch.randperm(n, generator=generator)
+    per_rank = n // world_size
+    return permutation[rank : per_rank * world_size : world_size]
+
+
+def micro_batches(order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    yield from torch.split(order, batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class DeviceData:
+    """A split held on the training device as uint8 (4x smaller than float32)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def of(cls, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> DeviceData:
+        return cls(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+
+
+def prepare_batch(
+    images: torch.Tensor, info: DatasetInfo, train: bool, channels_last: bool
+) -> torch.Tensor:
+    if train:
+        images = augment(images, info)
+    batch = normalize(images, info)
+    return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
+
+
+def evaluate_split(
+    model: nn.Module,
+    data: DeviceData,
+    info: DatasetInfo,
+    ctx: WorkerContext,
+    batch_size: int,
+    precision: Precision,
+    channels_last: bool,
+) -> tuple[float, float]:
+    """(mean loss, accuracy) over the whole split; each rank scores a strided shard."""
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)
+    indices = torch.arange(ctx.rank, len(data.labels), ctx.world_size, device=data.labels.device)
+    with torch.inference_mode(), _autocast(ctx.device, precision):
+        for idx in torch.split(indices, batch_size):
+            logits = model(prepare_batch(data.images[idx], info, False, channels_last))
+            labels = data.labels[idx]
+            totals[0] += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+            totals[1] += (logits.argmax(1) == labels).sum()
+            totals[2] += len(idx)
+    totals = ctx.all_reduce_sum(totals)
+    count = max(totals[2].item(), 1.0)
+    return totals[0].item() / count, totals[1].item() / count
+
+
+def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
+    if precision.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=precision.autocast_dtype)
+
+
+def _no_sync(model: nn.Module, skip: bool) -> contextlib.AbstractContextManager[Any]:
+    """DDP all-reduces gradients on every backward; skip it for all but the last micro-batch."""
+    no_sync: Callable[[], contextlib.AbstractContextManager[Any]] | None = getattr(
+        model, "no_sync", None
+    )
+    return no_sync() if skip and no_sync is not None else contextlib.nullcontext()
+
+
+def train_worker(
+    cfg: TrainConfig,
+    splits: ImageSplits,
+    ctx: WorkerContext,
+    sink: MetricSink | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Train on this worker's shard; rank 0 logs metrics and writes the checkpoint each epoch.
+
+    Returns the last epoch's metrics. Resumes from ``ctx.load_checkpoint()`` when there is one:
+    epochs, the global step and the schedule continue where they stopped."""
+    sink = sink or NullSink()
+    info = splits.info
+    device = ctx.device
+    torch.manual_seed(cfg.seed)
+    precision = resolve_precision(cfg.mixed_precision, device)
+    channels_last = device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: autotune conv kernels once
+
+    model = build_model(ModelSpec.for_dataset(cfg.model, info))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = ctx.wrap_model(model)
+    optimizer = make_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaler)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    train = DeviceData.of(splits.x_train, splits.y_train, device)
+    val = DeviceData.of(splits.x_val, splits.y_val, device)
+    micro_bs = cfg.per_worker_batch_size
+    per_rank = len(train.labels) // ctx.world_size
+    steps_per_epoch = math.ceil(math.ceil(per_rank / micro_bs) / cfg.grad_accum_steps)
+    total_steps = steps_per_epoch * cfg.epochs
+
+    start_epoch, global_step, history = 0, 0, []
+    state = ctx.load_checkpoint()
+    if state is not None:
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, global_step = state["epoch"] + 1, state["global_step"]
+        history = state["history"]
+        log(f"resumed from checkpoint: epoch {start_epoch}/{cfg.epochs}, step {global_step}")
+
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        started = time.perf_counter()
+        order = shard_order(len(train.labels), epoch, cfg.seed, ctx.rank, ctx.world_size)
+        batches = list(micro_batches(order.to(device), micro_bs))
+        # Running sums stay on the device: no host sync per step, only at log points.
+        epoch_sums = torch.zeros(3, dtype=torch.float64, device=device)
+        window = torch.zeros(3, dtype=torch.float64, device=device)
+        for first in range(0, len(batches), cfg.grad_accum_steps):
+            group = batches[first : first + cfg.grad_accum_steps]
+            for i, idx in enumerate(group):
+                images = prepare_batch(train.images[idx], info, True, channels_last)
+                labels = train.labels[idx]
+                with _no_sync(model, i < len(group) - 1), _autocast(device, precision):
+                    logits = model(images)
+                    loss = criterion(logits.float(), labels)
+                    scaler.scale(loss / len(group)).backward()
+                stats = torch.stack(
+                    [
+                        loss.detach().double() * len(idx),
+                        (logits.detach().argmax(1) == labels).sum().double(),
+                        torch.tensor(float(len(idx)), dtype=torch.float64, device=device),
+                    ]
+                )
+                epoch_sums += stats
+                window += stats
+            lr = lr_at(cfg, global_step, total_steps, steps_per_epoch)
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = lr
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+            if global_step % cfg.log_every_n_batches == 0:
+                loss_sum, correct, count = window.tolist()
+                sink.log(
+                    {"batch_loss": loss_sum / count, "batch_accuracy": correct / count},
+                    step=global_step,
+                )
+                window.zero_()
+
+        epoch_sums = ctx.all_reduce_sum(epoch_sums)
+        seconds = time.perf_counter() - started
+        val_loss, val_accuracy = evaluate_split(
+            model, val, info, ctx, micro_bs * 2, precision, channels_last
+        )
+        loss_sum, correct, count = epoch_sums.tolist()
+        metrics = {
+            "epoch": float(epoch + 1),
+            "train_loss": loss_sum / count,
+            "train_accuracy": correct / count,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "lr": lr_at(cfg, max(global_step - 1, 0), total_steps, steps_per_epoch),
+            "images_per_sec": count / seconds,
+            "epoch_seconds": seconds,
+        }
+        history.append(metrics)
+        if ctx.rank == 0:
+            log(
+                f"epoch {epoch + 1}/{cfg.epochs}  train_loss {metrics['train_loss']:.4f}  "
+                f"train_acc {metrics['train_accuracy']:.4f}  val_loss {val_loss:.4f}  "
+                f"val_acc {val_accuracy:.4f}  lr {metrics['lr']:.5f}  "
+                f"{metrics['images_per_sec']:.0f} img/s"
+            )
+            sink.log({k: v for k, v in metrics.items() if k != "epoch"}, step=global_step)
+            sink.flush()
+        checkpoint = None
+        if ctx.rank == 0:
+            checkpoint = {
+                "model": cpu_state_dict(model),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "global_step": global_step,
+                "history": history,
+            }
+        ctx.report(metrics, checkpoint)
+    return metrics

@@ -1,0 +1,113 @@
+"""What the platform costs per epoch: the project's training path on Ray Train (1 worker,
+MLflow logging on, checkpoint every epoch) against a plain PyTorch loop over the same model,
+data, batch size and augmentation, in the same run.
+
+    python benchmarks/train_overhead.py            # digits, resnet18, 6 epochs
+    python benchmarks/train_overhead.py --quick    # 3 epochs
+
+Epoch time is compared after the first epoch (both sides warm up: allocator, kernels). Ray's
+fixed start-up (cluster, worker group) and the driver's post-training work (test evaluation,
+figures, model logging) are reported apart: they do not grow with the data.
+Last line: one JSON object with the figures and the ratio (goal: ratio <= 1.10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from app.config import TrainConfig  # noqa: E402
+from app.data import ImageSplits, augment, load_dataset, normalize  # noqa: E402
+from app.models import ModelSpec, build_model  # noqa: E402
+
+
+def plain_epochs(cfg: TrainConfig, splits: ImageSplits) -> list[float]:
+    """A hand-written loop: shuffle, slice, augment, normalise, forward, backward, step."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(ModelSpec.for_dataset(cfg.model, splits.info))
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    criterion = nn.CrossEntropyLoss()
+    times = []
+    for _ in range(cfg.epochs):
+        model.train()
+        started = time.perf_counter()
+        for idx in torch.split(torch.randperm(len(splits.y_train)), cfg.batch_size):
+            images = normalize(augment(splits.x_train[idx], splits.info), splits.info)
+            loss = criterion(model(images), splits.y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def project_epochs(cfg: TrainConfig, splits: ImageSplits) -> tuple[list[float], float]:
+    """The real path (app.trainer.fit on Ray Train); epoch times as the workers measured them."""
+    from mlflow.tracking import MlflowClient
+
+    from app import tracking
+    from app.trainer import fit
+
+    started = time.perf_counter()
+    outcome = fit(cfg, splits)
+    wall = time.perf_counter() - started
+    history = MlflowClient(tracking.tracking_uri()).get_metric_history(
+        outcome.run_id, "epoch_seconds"
+    )
+    return [m.value for m in sorted(history, key=lambda m: m.step)], wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="3 epochs instead of 6")
+    parser.add_argument("--model", default="resnet18")
+    args = parser.parse_args()
+    epochs = 3 if args.quick else 6
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/bench.db")
+        torch.set_num_threads(1)  # the Ray worker gets 1 CPU: give the baseline the same
+        cfg = TrainConfig(
+            model=args.model, epochs=epochs, num_workers=1, cpus_per_worker=1, batch_size=64,
+            lr_schedule="constant", experiment="bench-train-overhead",
+            storage_path=f"{tmp}/ray_results",
+        )  # fmt: skip
+        splits = load_dataset("digits")
+        baseline = plain_epochs(cfg, splits)
+        project, wall = project_epochs(cfg, splits)
+    baseline_epoch = statistics.median(baseline[1:])
+    project_epoch = statistics.median(project[1:])
+    fixed = wall - sum(project)
+    print(f"plain loop   epoch {baseline_epoch:.2f}s  (all: {[round(t, 2) for t in baseline]})")
+    print(f"project path epoch {project_epoch:.2f}s  (all: {[round(t, 2) for t in project]})")
+    print(f"fixed cost (Ray start, worker group, test eval, model logging): {fixed:.1f}s")
+    print(
+        json.dumps(
+            {
+                "bench": "train_overhead",
+                "model": args.model,
+                "dataset": "digits",
+                "epochs": epochs,
+                "project_epoch_s": round(project_epoch, 3),
+                "baseline_epoch_s": round(baseline_epoch, 3),
+                "fixed_overhead_s": round(fixed, 1),
+                "ratio": round(project_epoch / baseline_epoch, 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Shared fixtures: the real services the integration and e2e tests run against.
+
+- ``mlflow_server``: a real ``mlflow server`` process (SQLite store, proxied artifacts).
+- ``ray_cluster``: a real local Ray head started with ``ray start --head --block`` on free
+  ports with token authentication on, MLflow pointed at ``mlflow_server``.
+Both are started once per session and stopped at the end; nothing touches a user's servers.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import JobsApi, free_port, http_ok, stop_process_group, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test may reach a user's MLflow server: default every test to its own SQLite store."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@dataclass
+class MlflowServer:
+    uri: str
+    root: Path
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = (root / "server.log").open("wb")
+    process = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http_ok(f"{uri}/health"), 90, "the MLflow server's /health")
+        yield MlflowServer(uri, root)
+    finally:
+        stop_process_group(process)
+        log.close()
+
+
+@dataclass
+class RayCluster:
+    address: str  # GCS address for ray.init
+    dashboard: str  # http URL for job submission
+    env: dict[str, str]  # what a client needs: token auth, MLflow URI
+    temp_dir: Path
+
+    @property
+    def jobs(self) -> JobsApi:
+        return JobsApi(self.dashboard, self.env["RAY_AUTH_TOKEN"])
+
+    def submit(self, entrypoint: list[str], submission_id: str, timeout: float = 120) -> None:
+        """``ray job submit`` exactly as the README has it (runtime_env.yaml, working dir)."""
+        subprocess.run(
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                self.dashboard,
+                "--runtime-env",
+                "runtime_env.yaml",
+                "--working-dir",
+                ".",
+                "--submission-id",
+                submission_id,
+                "--no-wait",
+                "--",
+                *entrypoint,
+            ],
+            cwd=REPO,
+            env={**os.environ, **self.env},
+            check=True,
+            timeout=timeout,
+            capture_output=True,
+        )
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(mlflow_server: MlflowServer) -> Iterator[RayCluster]:
+    # Ray's unix socket paths must stay short: a temp dir under /tmp, not pytest's deep one.
+    temp_dir = Path(f"/tmp/rt{secrets.token_hex(3)}")
+    gcs_port, dashboard_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "MLFLOW_TRACKING_URI": mlflow_server.uri,
+        "PYTHONPATH": str(REPO),
+        # `python` in a job's entrypoint is the cluster's: this environment's interpreter.
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_DEDUP_LOGS": "0",
+    }
+    client_env = {k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI")}
+    process = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(gcs_port),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard_port),
+            "--ray-client-server-port",
+            str(free_port()),
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--metrics-export-port",
+            str(free_port()),
+            "--min-worker-port",
+            "20000",
+            "--max-worker-port",
+            "20999",
+            # Logical CPUs: two 2-worker trainers (plus their controllers) fit at once.
+            "--num-cpus",
+            "4",
+            "--temp-dir",
+            str(temp_dir),
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
+    headers = {"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"}
+
+    def dashboard_up() -> bool:
+        try:
+            return requests.get(f"{dashboard}/api/version", headers=headers, timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(dashboard_up, 120, "the Ray dashboard")
+        yield RayCluster(f"127.0.0.1:{gcs_port}", dashboard, client_env, temp_dir)
+    finally:
+        stop_process_group(process, timeout=60)
+
+
+@pytest.fixture
+def ray_client_env(
+    ray_cluster: RayCluster, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RayCluster]:
+    """This test process as a client of the session cluster (in-process ``ray.init``)."""
+    for key, value in ray_cluster.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)
+    yield ray_cluster
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
