@@ -44,19 +44,13 @@ lock: $(STAMP) ## re-resolve requirements.lock and requirements-dev.lock from py
 	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links \
 		-P torch==2.14.1 -P torchvision==0.29.1 --extra dev -o requirements-dev.lock pyproject.toml
 
-.PHONY: system-deps
-system-deps: ## Debian tools the tests use (shellcheck), installed when missing and root
-	@command -v shellcheck >/dev/null || { [ "$$(id -u)" = 0 ] && \
-		(apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null) || \
-		echo "warning: shellcheck missing (apt-get install shellcheck)"; }
-
 # --- quality gates ------------------------------------------------------------------------------
 .PHONY: lint
 lint: $(STAMP) ## ruff (lint + format check), mypy, bandit
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/bandit -q -c pyproject.toml -r app jobs serve -ll
+	$(BIN)/bandit -q -c pyproject.toml -r app jobs serve cluster -ll
 
 .PHONY: format
 format: $(STAMP) ## apply ruff's fixes and formatting
@@ -65,12 +59,12 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 
 .PHONY: security
 security: $(STAMP) ## bandit on the code, pip-audit on the locked dependencies
-	$(BIN)/bandit -q -c pyproject.toml -r app jobs serve -ll
+	$(BIN)/bandit -q -c pyproject.toml -r app jobs serve cluster -ll
 	$(BIN)/pip-audit --requirement requirements.lock --no-deps --disable-pip --progress-spinner off
 
 # --- tests --------------------------------------------------------------------------------------
 .PHONY: test
-test: $(STAMP) system-deps ## the whole suite: unit, integration, e2e (starts and stops its services)
+test: $(STAMP) cluster-tools ## the whole suite: unit, integration, e2e (starts and stops its services)
 	$(PY) -m pytest -m "not gpu" --cov --cov-report=term --cov-report=xml
 	$(PY) -m coverage report --include='app/*' --fail-under=$(COVERAGE_FLOOR) --skip-covered
 
@@ -108,5 +102,5 @@ submit-train: $(STAMP) ## submit jobs/train.py to the running cluster as a Ray J
 clean: ## remove caches and local run outputs (keeps .venv, data/ and mlflow.db)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .coverage coverage.xml results
 
--include cluster/mlflow/mlflow.mk
--include cluster/cluster.mk
+include cluster/mlflow/mlflow.mk
+include cluster/cluster.mk

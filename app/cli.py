@@ -9,13 +9,32 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from app.config import ConfigT, parse_config
+from mlflow.exceptions import MlflowException
+
+from app.config import ConfigError, ConfigT, parse_config
 from app.data import DatasetUnavailableError
 from app.inference import ModelLoadError
 
+
+class JobFailedError(RuntimeError):
+    """The job ran and its answer is no (a refused promotion, failed checks): the message
+    explains, ``results`` still goes to --results-json, the exit status is non-zero."""
+
+    def __init__(self, message: str, results: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.results = results
+
+
 # Failures a user can fix from the message alone: no traceback for these.
-USER_ERRORS = (DatasetUnavailableError, ModelLoadError, FileNotFoundError)
+USER_ERRORS = (
+    DatasetUnavailableError,
+    ModelLoadError,
+    FileNotFoundError,
+    ValueError,
+    MlflowException,
+)
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 
 
 def write_results(path: Path | None, results: dict[str, Any]) -> None:
@@ -36,6 +55,13 @@ def run_job(
     cfg = parse_config(config_cls, argv, description)
     try:
         results = main(cfg)
+    except ConfigError as exc:  # found only once the job looked (a space file, cluster fit)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USAGE) from None
+    except JobFailedError as exc:
+        write_results(cfg.results_json, exc.results)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_FAILED) from None
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_FAILED) from None

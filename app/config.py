@@ -101,7 +101,7 @@ class TrainConfig(JobConfig):
                 f"batch_size ({self.batch_size}) must be at least num_workers "
                 f"({self.num_workers}): the global batch is split across workers"
             )
-        if self.alias and not self.register_as:
+        if "alias" in self.model_fields_set and self.alias and not self.register_as:
             raise ValueError("alias needs register_as: an alias points at a registered version")
         return self
 
@@ -151,9 +151,11 @@ def build_parser(config_cls: type[JobConfig], description: str) -> argparse.Argu
             help_text += f"; one of: {', '.join(map(str, choices))}"
         if not field.is_required():
             help_text += f" (default: {field.get_default()})"
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        flags = [flag_name(name), *extra.get("flags", [])]  # type: ignore[misc]
         if _is_bool(field.annotation):
             parser.add_argument(
-                flag_name(name),
+                *flags,
                 dest=name,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
@@ -161,7 +163,7 @@ def build_parser(config_cls: type[JobConfig], description: str) -> argparse.Argu
             )
         else:
             parser.add_argument(
-                flag_name(name),
+                *flags,
                 dest=name,
                 default=argparse.SUPPRESS,
                 metavar=name.upper(),

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import pickle  # nosec B403 - only through _ArraysOnlyUnpickler below
+
+# Only ever used through _ArraysOnlyUnpickler below, which admits numpy arrays alone.
+import pickle  # nosec B403
 import tarfile
 import tempfile
 import urllib.request
@@ -242,7 +244,8 @@ def _download(url: str, dest: Path, md5: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.md5(usedforsecurity=False)
     with (
-        urllib.request.urlopen(url, timeout=30) as response,  # noqa: S310  # nosec B310 - fixed https URLs
+        # The URLs are this module's fixed https/http constants, never user input.
+        urllib.request.urlopen(url, timeout=30) as response,  # noqa: S310  # nosec B310
         tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp,
     ):
         while chunk := response.read(1 << 20):

@@ -9,7 +9,6 @@ image with the predicted label, its class index and the model's confidence.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import pandas as pd
@@ -28,7 +27,7 @@ class ImageClassifierModel(PythonModel):
 
     # No type hints on predict's inputs: MLflow would try to derive a schema from them; the
     # signature logged with the model (uint8 image tensor in, label table out) is the contract.
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    def predict(self, context, model_input, params=None):
         probabilities = self.classifier.predict_proba(model_input)
         confidence, index = probabilities.max(dim=1)
         classes = self.classifier.spec.classes

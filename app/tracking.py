@@ -7,11 +7,17 @@ with another working directory write to the same place.
 
 from __future__ import annotations
 
+import getpass
 import os
-import subprocess  # nosec B404 - only `git rev-parse`, fixed arguments
+import re
+
+# Only `git rev-parse HEAD`, with fixed arguments.
+import subprocess  # nosec B404
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +102,8 @@ def ensure_experiment(name: str) -> str:
 def git_commit() -> str | None:
     """The code's commit, from git or (in a cluster image without .git) the GIT_COMMIT env."""
     try:
-        out = subprocess.run(  # nosec B603 B607 - fixed command, no user input
+        # A fixed command with no user input.
+        out = subprocess.run(  # nosec B603 B607
             ["git", "rev-parse", "HEAD"],  # noqa: S607
             capture_output=True,
             text=True,
@@ -190,7 +197,7 @@ def log_model(run_id: str, state: dict[str, Any], spec: ModelSpec, example: np.n
         classifier = Classifier.from_folder(folder)
         output = pyfunc_model.ImageClassifierModel()
         output.classifier = classifier
-        signature = infer_signature(example, output.predict(None, example))  # type: ignore[arg-type]
+        signature = infer_signature(example, output.predict(None, example))
         with mlflow.start_run(run_id=run_id):
             mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT_PATH,
@@ -210,8 +217,132 @@ def register_model(model_uri: str, name: str, tags: Mapping[str, str] | None = N
     return str(version.version)
 
 
+# ---------------------------------------------------------------------------------------------
+# Registry: aliases, resolution, lineage
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a model URI points at."""
+
+    uri: str
+    run_id: str
+    name: str | None = None
+    version: str | None = None
+    alias: str | None = None
+    stage: str | None = None
+
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))$")
+_RUNS_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-fA-F]{32})/(?P<path>.+)$")
+
+
+def resolve_model_uri(uri: str) -> ModelRef:
+    """``runs:/<id>/model``, ``models:/<name>@<alias>``, ``models:/<name>/<version>``, or the
+    deprecated ``models:/<name>/<stage>`` (a DeprecationWarning), to the version and run."""
+    mlflow_client = client()
+    if match := _RUNS_URI.match(uri):
+        return ModelRef(uri, match["run_id"])
+    match = _MODELS_URI.match(uri)
+    if match is None:
+        raise ValueError(
+            f"unsupported model URI {uri!r}: use runs:/<run_id>/model, models:/<name>@<alias>, "
+            "models:/<name>/<version>"
+        )
+    name = match["name"]
+    if match["alias"]:
+        found = mlflow_client.get_model_version_by_alias(name, match["alias"])
+        return ModelRef(uri, found.run_id or "", name, str(found.version), alias=match["alias"])
+    ref = match["ref"]
+    if ref.isdigit():
+        found = mlflow_client.get_model_version(name, ref)
+        return ModelRef(uri, found.run_id or "", name, str(found.version))
+    warnings.warn(
+        f"{uri}: registry stages are deprecated in MLflow; use an alias "
+        f"(models:/{name}@champion) instead",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    latest = mlflow_client.get_latest_versions(name, stages=[ref])
+    if not latest:
+        raise ValueError(f"no version of {name!r} is in stage {ref!r}")
+    return ModelRef(uri, latest[0].run_id, name, str(latest[0].version), stage=ref)
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version an alias points at, or None when the alias (or the model) is not set."""
+    try:
+        return str(client().get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
 def set_alias(name: str, alias: str, version: str) -> None:
     client().set_registered_model_alias(name, alias, version)
+
+
+def delete_alias(name: str, alias: str) -> None:
+    client().delete_registered_model_alias(name, alias)
+
+
+def current_user() -> str:
+    return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+
+
+def move_alias(name: str, alias: str, version: str, record: Mapping[str, Any]) -> str | None:
+    """Point ``alias`` at ``version`` and record the move on that version (previous version,
+    time, user, and whatever ``record`` adds: metrics, a forced promotion's reason). Returns
+    the previous version."""
+    previous = alias_version(name, alias)
+    set_alias(name, alias, version)
+    tags = {
+        "previous_version": previous or "",
+        "moved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "moved_by": current_user(),
+        **record,
+    }
+    for key, value in tags.items():
+        client().set_model_version_tag(name, version, f"{alias}.{key}", str(value))
+    return previous
+
+
+def list_versions(name: str) -> list[dict[str, Any]]:
+    """Every version of a model with its aliases, source run and that run's test metrics."""
+    mlflow_client = client()
+    aliases: dict[str, list[str]] = {}
+    for alias, version in mlflow_client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    out = []
+    for found in mlflow_client.search_model_versions(f"name = '{name}'"):
+        metrics = mlflow_client.get_run(found.run_id).data.metrics if found.run_id else {}
+        out.append(
+            {
+                "version": str(found.version),
+                "run_id": found.run_id,
+                "aliases": aliases.get(str(found.version), []),
+                "test_accuracy": metrics.get("test_accuracy"),
+                "test_macro_f1": metrics.get("test_macro_f1"),
+                "created": found.creation_timestamp,
+            }
+        )
+    return sorted(out, key=lambda v: int(v["version"]))
+
+
+def lineage(ref: ModelRef) -> dict[str, Any]:
+    """From a model to its training run, its sweep (parent run), data and code."""
+    run = client().get_run(ref.run_id)
+    tags = run.data.tags
+    return {
+        "model": ref.name,
+        "version": ref.version,
+        "training_run_id": ref.run_id,
+        "experiment_id": run.info.experiment_id,
+        "sweep_run_id": tags.get("mlflow.parentRunId"),
+        "dataset": tags.get("dataset"),
+        "dataset_fingerprint": tags.get("dataset_fingerprint"),
+        "git_commit": tags.get("git_commit"),
+        "ray_job_id": tags.get("ray_job_id"),
+    }
 
 
 def load_classifier(model_uri: str, device: str = "cpu") -> Classifier:

@@ -9,6 +9,8 @@ nests the run under the sweep).
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import tempfile
 import time
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Run
+from torch import nn
 
 from app import tracking
 from app.config import TrainConfig
@@ -28,11 +32,15 @@ from app.evaluation import (
     plot_hardest_errors,
     plot_learning_curve,
 )
-from app.models import ModelSpec, build_model
-from app.training import RayWorkerContext, load_state, train_worker
+from app.models import ModelSpec, cpu_state_dict
+from app.training import RayWorkerContext, train_worker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Ray Train gives a worker group 60 s to start; on a busy 2-core laptop importing torch in
+# several fresh worker processes can take longer. Applies to clusters this process starts.
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
 RAY_RUN_NAME_TAG = "ray_run_name"
+PER_CLASS_TABLE = "evaluation/per_class_metrics.json"
 
 
 @dataclass
@@ -81,13 +89,56 @@ def _worker_entry(loop_config: dict[str, Any]) -> None:
     cfg = TrainConfig.model_validate(loop_config["config"])
     splits: ImageSplits = ray.get(loop_config["data"])
     ctx = RayWorkerContext()
-    sink = None
+    run_id = loop_config["run_id"]
     if ctx.rank == 0:
-        sink = tracking.MetricBuffer(loop_config["run_id"])
-    train_worker(cfg, splits, ctx, sink)
+        final = functools.partial(evaluate_and_log_model, cfg, splits, run_id)
+        train_worker(cfg, splits, ctx, tracking.MetricBuffer(run_id), final_step=final)
+    else:
+        train_worker(cfg, splits, ctx)
 
 
-def _find_resumable_run(cfg: TrainConfig) -> str | None:
+def evaluate_and_log_model(
+    cfg: TrainConfig,
+    splits: ImageSplits,
+    run_id: str,
+    model: nn.Module,
+    history: list[dict[str, float]],
+    global_step: int,
+) -> dict[str, float]:
+    """After the last epoch (rank 0): test metrics, per-class table, figures, the model."""
+    spec = ModelSpec.for_dataset(cfg.model, splits.info)
+    model = model.to("cpu")  # scored, plotted and saved on CPU: any server can load it
+    report, probabilities = evaluate_model(model, splits.x_test, splits.y_test, splits.info)
+    test_metrics = {"test_accuracy": report.accuracy, "test_macro_f1": report.macro_f1}
+    buffer = tracking.MetricBuffer(run_id)
+    buffer.log(test_metrics, step=global_step)
+    buffer.flush()
+    client = tracking.client()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for figure in (
+            plot_confusion_matrix(report, spec.classes, folder / "confusion_matrix.png"),
+            plot_learning_curve(history, folder / "learning_curve.png"),
+            plot_hardest_errors(
+                splits.x_test,
+                splits.y_test,
+                probabilities,
+                spec.classes,
+                folder / "hardest_errors.png",
+            ),
+        ):
+            client.log_artifact(run_id, str(figure), "evaluation")
+        client.log_table(run_id, report.table(), PER_CLASS_TABLE)
+    example = splits.x_test[:4].permute(0, 2, 3, 1).squeeze(-1).numpy()
+    tracking.log_model(run_id, cpu_state_dict(model), spec, example)
+    print(
+        f"test accuracy {report.accuracy:.4f}  macro F1 {report.macro_f1:.4f}",
+        flush=True,
+    )
+    return test_metrics
+
+
+def _find_resumable_run(cfg: TrainConfig) -> Run | None:
     """The MLflow run of an earlier attempt with the same Ray run name, so a resumed job keeps
     logging into one run instead of starting a duplicate."""
     if not cfg.run_name:
@@ -100,7 +151,7 @@ def _find_resumable_run(cfg: TrainConfig) -> str | None:
         filter_string=f"tags.{RAY_RUN_NAME_TAG} = '{cfg.run_name}'",
         max_results=1,
     )
-    return runs[0].info.run_id if runs else None
+    return runs[0] if runs else None
 
 
 def fit(
@@ -109,9 +160,11 @@ def fit(
     parent_run_id: str | None = None,
     callbacks: Sequence[Any] = (),
     extra_tags: dict[str, str] | None = None,
+    close_run_on_error: bool = True,
 ) -> TrainOutcome:
     """Train, evaluate, log and (optionally) register one model. Raises on failure after
-    marking the MLflow run FAILED."""
+    marking the MLflow run FAILED, unless ``close_run_on_error`` is off: in a Tune trial, a
+    scheduler's stop also surfaces here as an error, and the sweep decides the status."""
     import ray
 
     # Train V2's classes (the V1 names in ray.train are the same objects when V2 is on).
@@ -125,8 +178,12 @@ def fit(
     )
     ensure_ray()
     run_name = cfg.run_name or f"{cfg.dataset}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_id = _find_resumable_run(cfg)
-    if run_id is None:
+    earlier = _find_resumable_run(cfg)
+    if earlier is not None and earlier.info.status == "FINISHED":
+        # A resumed sweep restarts trials that finished just as its driver died: no retraining.
+        print(f"ray run {run_name} already finished as MLflow run {earlier.info.run_id}")
+        return _outcome(cfg, earlier.info.run_id, earlier.data.metrics)
+    if earlier is None:
         tags = {
             "dataset": cfg.dataset,
             "model": cfg.model,
@@ -140,6 +197,7 @@ def fit(
             cfg.experiment, run_name, cfg.model_dump(mode="json"), tags, parent_run_id
         )
     else:
+        run_id = earlier.info.run_id
         print(f"resuming MLflow run {run_id} (ray run {run_name})", flush=True)
     print(f"MLflow run {run_id} at {tracking.tracking_uri()}", flush=True)
 
@@ -167,13 +225,12 @@ def fit(
             ),
         )
         result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError("training finished without a checkpoint")
-        with result.checkpoint.as_directory() as folder:
-            state = load_state(Path(folder))
-        outcome = _finish(cfg, splits, run_id, state)
+        if not result.metrics or "test_accuracy" not in result.metrics:
+            raise RuntimeError(f"training ended without its final report: {result.error}")
+        outcome = _outcome(cfg, run_id, result.metrics)
     except BaseException:
-        tracking.client().set_terminated(run_id, status="FAILED")
+        if close_run_on_error:
+            tracking.client().set_terminated(run_id, status="FAILED")
         raise
     outcome.wall_seconds = time.perf_counter() - started
     tracking.client().log_metric(run_id, "wall_seconds", outcome.wall_seconds)
@@ -181,41 +238,9 @@ def fit(
     return outcome
 
 
-def _finish(
-    cfg: TrainConfig, splits: ImageSplits, run_id: str, state: dict[str, Any]
-) -> TrainOutcome:
-    """Driver-side, after training: test metrics, table, figures, model, registry."""
-    spec = ModelSpec.for_dataset(cfg.model, splits.info)
-    model = build_model(spec)
-    model.load_state_dict(state["model"])
-    report, probabilities = evaluate_model(model, splits.x_test, splits.y_test, splits.info)
-    history: list[dict[str, float]] = state["history"]
-    test_metrics = tracking.MetricBuffer(run_id)
-    test_metrics.log(
-        {"test_accuracy": report.accuracy, "test_macro_f1": report.macro_f1},
-        step=state["global_step"],
-    )
-    test_metrics.flush()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        client = tracking.client()
-        for figure in (
-            plot_confusion_matrix(report, spec.classes, folder / "confusion_matrix.png"),
-            plot_learning_curve(history, folder / "learning_curve.png"),
-            plot_hardest_errors(
-                splits.x_test,
-                splits.y_test,
-                probabilities,
-                spec.classes,
-                folder / "hardest_errors.png",
-            ),
-        ):
-            client.log_artifact(run_id, str(figure), "evaluation")
-        client.log_table(run_id, report.table(), "evaluation/per_class_metrics.json")
-    example = splits.x_test[:4].permute(0, 2, 3, 1).squeeze(-1).numpy()
-    model_uri = tracking.log_model(
-        run_id, {k: v.cpu() for k, v in state["model"].items()}, spec, example
-    )
+def _outcome(cfg: TrainConfig, run_id: str, final: dict[str, Any]) -> TrainOutcome:
+    """Driver side, after training: register the logged model, collect the summary."""
+    model_uri = f"runs:/{run_id}/{tracking.MODEL_ARTIFACT_PATH}"
     version = None
     if cfg.register_as:
         version = tracking.register_model(
@@ -223,25 +248,21 @@ def _finish(
         )
         if cfg.alias:
             tracking.set_alias(cfg.register_as, cfg.alias, version)
-        print(
-            f"registered {cfg.register_as} version {version}"
-            + (f" as @{cfg.alias}" if cfg.alias else ""),
-            flush=True,
-        )
-    print(
-        f"test accuracy {report.accuracy:.4f}  macro F1 {report.macro_f1:.4f}  model {model_uri}",
-        flush=True,
-    )
-    experiment_id = mlflow.get_run(run_id).info.experiment_id
+        alias = f" as @{cfg.alias}" if cfg.alias else ""
+        print(f"registered {cfg.register_as} version {version}{alias}", flush=True)
+    print(f"model {model_uri}", flush=True)
+    table = tracking.client().download_artifacts(run_id, PER_CLASS_TABLE)
+    columns = json.loads(Path(table).read_text())
+    per_class = [dict(zip(columns["columns"], row, strict=True)) for row in columns["data"]]
     return TrainOutcome(
         run_id=run_id,
-        experiment_id=str(experiment_id),
+        experiment_id=str(mlflow.get_run(run_id).info.experiment_id),
         model_uri=model_uri,
-        test_accuracy=report.accuracy,
-        test_macro_f1=report.macro_f1,
-        val_accuracy=history[-1]["val_accuracy"],
-        epochs=len(history),
+        test_accuracy=final["test_accuracy"],
+        test_macro_f1=final["test_macro_f1"],
+        val_accuracy=final["val_accuracy"],
+        epochs=int(final["epoch"]),
         wall_seconds=0.0,
         registered_version=version,
-        per_class=[score.__dict__ for score in report.per_class],
+        per_class=per_class,
     )

@@ -47,6 +47,16 @@ class NullSink:
         pass
 
 
+class FinalStep(Protocol):
+    """Rank 0's last act before the final report (test evaluation, model logging): done inside
+    training so that a scheduler stopping the trial at its final report loses nothing.
+    Returns metrics to add to the final report."""
+
+    def __call__(
+        self, model: nn.Module, history: list[dict[str, float]], global_step: int
+    ) -> dict[str, float]: ...
+
+
 class WorkerContext(Protocol):
     rank: int
     world_size: int
@@ -285,8 +295,10 @@ def train_worker(
     ctx: WorkerContext,
     sink: MetricSink | None = None,
     log: Callable[[str], None] = print,
+    final_step: FinalStep | None = None,
 ) -> dict[str, float]:
-    """Train on this worker's shard; rank 0 logs metrics and writes the checkpoint each epoch.
+    """Train on this worker's shard; rank 0 logs metrics and writes the checkpoint each epoch,
+    and after the last epoch runs ``final_step``.
 
     Returns the last epoch's metrics. Resumes from ``ctx.load_checkpoint()`` when there is one:
     epochs, the global step and the schedule continue where they stopped."""
@@ -322,7 +334,7 @@ def train_worker(
         scaler.load_state_dict(state["scaler"])
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
         history = state["history"]
-        log(f"resumed from checkpoint: epoch {start_epoch}/{cfg.epochs}, step {global_step}")
+        log(f"resumed from checkpoint after epoch {start_epoch}/{cfg.epochs}, step {global_step}")
 
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -390,8 +402,10 @@ def train_worker(
                 f"val_acc {val_accuracy:.4f}  lr {metrics['lr']:.5f}  "
                 f"{metrics['images_per_sec']:.0f} img/s"
             )
-            sink.log({k: v for k, v in metrics.items() if k != "epoch"}, step=global_step)
+            sink.log(metrics, step=global_step)
             sink.flush()
+            if final_step is not None and epoch + 1 == cfg.epochs:
+                metrics = {**metrics, **final_step(unwrap(model), history, global_step)}
         checkpoint = None
         if ctx.rank == 0:
             checkpoint = {

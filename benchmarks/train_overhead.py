@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from app.config import TrainConfig  # noqa: E402
-from app.data import ImageSplits, augment, load_dataset, normalize  # noqa: E402
-from app.models import ModelSpec, build_model  # noqa: E402
+from app.config import TrainConfig
+from app.data import ImageSplits, augment, load_dataset, normalize
+from app.models import ModelSpec, build_model
 
 
 def plain_epochs(cfg: TrainConfig, splits: ImageSplits) -> list[float]:

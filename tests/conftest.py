@@ -29,6 +29,7 @@ BIN = Path(sys.executable).parent
 def _isolated_mlflow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test may reach a user's MLflow server: default every test to its own SQLite store."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         monkeypatch.delenv(name, raising=False)
 
@@ -125,6 +126,9 @@ def ray_cluster(mlflow_server: MlflowServer) -> Iterator[RayCluster]:
         # `python` in a job's entrypoint is the cluster's: this environment's interpreter.
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "RAY_DEDUP_LOGS": "0",
+        # Name this cluster for every process in it: Ray Train's placement-group cleaner
+        # looks the cluster up and gives up when other Ray instances run on the machine.
+        "RAY_ADDRESS": f"127.0.0.1:{gcs_port}",
     }
     client_env = {k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI")}
     process = subprocess.Popen(

@@ -119,8 +119,8 @@ def test_killed_worker_resumes_from_checkpoint(
     info = ray_cluster.jobs.wait(job_id, timeout=600)
     logs = ray_cluster.jobs.logs(job_id)
     assert info["status"] == "SUCCEEDED", logs[-3000:]
-    resumed = re.search(r"resumed from checkpoint: epoch (\d+)/", logs)
-    assert resumed and int(resumed.group(1)) >= 2  # continued, not restarted from epoch 0
+    resumed = re.search(r"resumed from checkpoint after epoch (\d+)/", logs)
+    assert resumed and int(resumed.group(1)) >= 1  # continued, not restarted from scratch
     results = json.loads(results_path.read_text())
     assert results["epochs"] == epochs
     # One MLflow run holds every epoch once (the epoch cut by the kill may appear twice).

@@ -77,7 +77,7 @@ def test_resume_continues_epochs_and_steps(digits) -> None:  # type: ignore[no-u
     assert first is not None
     sink, lines = RecordingSink(), []
     train_worker(cfg, digits, ctx, sink, log=lines.append)
-    assert any("resumed from checkpoint: epoch 1/2" in line for line in lines)
+    assert any("resumed from checkpoint after epoch 1/2" in line for line in lines)
     assert [m["epoch"] for m in ctx.reports] == [1.0, 2.0]  # epoch 1 not trained again
     batch_steps = [step for m, step in sink.logged if "batch_loss" in m]
     assert batch_steps[0] == first["global_step"] + 1
@@ -90,3 +90,4 @@ def test_gradient_accumulation_takes_fewer_optimizer_steps(digits) -> None:  # t
     micro = -(-len(digits.x_train) // 32)
     assert ctx.checkpoint is not None
     assert ctx.checkpoint["global_step"] == -(-micro // 4)
+

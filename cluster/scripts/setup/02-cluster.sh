@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# 02: the Kubernetes side of the cluster created by 01: kubeconfig, the add-ons (AWS Load Balancer
+# Controller, cluster autoscaler, NVIDIA device plugin, KubeRay operator), the Ray image in ECR,
+# the rayvision namespace with its config and secrets, and the Ray workloads: the long-lived
+# RayCluster, the RayService with its HTTPS ingress, and the scheduled RayCronJobs.
+# Idempotent: helm upgrade --install, kubectl apply, secrets kept across reruns, images built once
+# per commit.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "${BASH_SOURCE[0]%/*}/lib.sh"
+parse_args "Installs the cluster add-ons, the Ray image and the Ray workloads." "$@"
+require_tools aws terraform kubectl helm docker git jq envsubst openssl base64
+require_region
+require_aws_credentials
+
+cluster="$(tf_output cluster_name)"
+vpc_id="$(tf_output vpc_id)"
+ray_storage="$(tf_output ray_storage_uri)"
+redis_endpoint="$(tf_output ray_gcs_redis_endpoint)"
+
+run aws eks update-kubeconfig --name "${cluster}" --region "${AWS_REGION}"
+
+log "add-ons"
+run helm repo add eks https://aws.github.io/eks-charts --force-update
+run helm repo add autoscaler https://kubernetes.github.io/autoscaler --force-update
+run helm repo add nvdp https://nvidia.github.io/k8s-device-plugin --force-update
+run helm repo add kuberay https://ray-project.github.io/kuberay-helm/ --force-update
+run helm repo update
+lb_role="$(tf_map_output irsa_role_arns aws-load-balancer-controller)"
+autoscaler_role="$(tf_map_output irsa_role_arns cluster-autoscaler)"
+run helm upgrade --install aws-load-balancer-controller eks/aws-load-balancer-controller \
+  --namespace kube-system --wait \
+  --set clusterName="${cluster}" --set region="${AWS_REGION}" --set vpcId="${vpc_id}" \
+  --set serviceAccount.name=aws-load-balancer-controller \
+  --set "serviceAccount.annotations.eks\.amazonaws\.com/role-arn=${lb_role}" \
+  --set "nodeSelector.rayvision\.io/pool=system"
+# Removes an empty spot node a few minutes after its Ray pod left (default: 10 minutes).
+run helm upgrade --install cluster-autoscaler autoscaler/cluster-autoscaler \
+  --namespace kube-system --wait \
+  --set autoDiscovery.clusterName="${cluster}" --set awsRegion="${AWS_REGION}" \
+  --set rbac.serviceAccount.name=cluster-autoscaler \
+  --set "rbac.serviceAccount.annotations.eks\.amazonaws\.com/role-arn=${autoscaler_role}" \
+  --set extraArgs.balance-similar-node-groups=true \
+  --set extraArgs.scale-down-unneeded-time=3m \
+  --set "nodeSelector.rayvision\.io/pool=system"
+run helm upgrade --install nvidia-device-plugin nvdp/nvidia-device-plugin \
+  --namespace kube-system --wait \
+  --set-json 'tolerations=[{"operator":"Exists"}]' \
+  --set "nodeSelector.rayvision\.io/pool=gpu-spot"
+run helm upgrade --install kuberay-operator kuberay/kuberay-operator \
+  --namespace kuberay-system --create-namespace --wait --version "${KUBERAY_VERSION}" \
+  --values "${KUBERAY_DIR}/operator-values.yaml"
+
+log "the Ray image"
+commit="$(capture commit git -C "${REPO_ROOT}" rev-parse --short HEAD)"
+ray_repo="$(tf_output ray_image_repository)"
+export RAYVISION_IMAGE="${ray_repo}:2.60.0-${commit}"
+# Tags are immutable in ECR: an image for this commit is never rebuilt.
+if ((DRY_RUN)) || ! aws ecr describe-images --repository-name "${ray_repo#*/}" \
+  --image-ids "imageTag=${RAYVISION_IMAGE##*:}" >/dev/null 2>&1; then
+  if ((DRY_RUN)); then
+    show aws ecr get-login-password '|' docker login --username AWS --password-stdin "${ray_repo%%/*}"
+  else
+    aws ecr get-login-password | docker login --username AWS --password-stdin "${ray_repo%%/*}"
+  fi
+  run docker build -f "${REPO_ROOT}/cluster/docker/Dockerfile" -t "${RAYVISION_IMAGE}" "${REPO_ROOT}"
+  run docker push "${RAYVISION_IMAGE}"
+fi
+
+log "namespace ${RAY_NAMESPACE}: config and secrets"
+apply_generated kubectl create namespace "${RAY_NAMESPACE}"
+# Read by every Ray container and job submitter (envFrom).
+apply_generated kubectl -n "${RAY_NAMESPACE}" create configmap rayvision-config \
+  --from-literal=MLFLOW_TRACKING_URI="http://mlflow.${MLFLOW_NAMESPACE}.svc.cluster.local:5000" \
+  --from-literal=RAYVISION_STORAGE_PATH="${ray_storage}" \
+  --from-literal=RAYVISION_DATA_DIR=/home/ray/data
+# The cluster's Ray token, and the MLflow user of the jobs (04-users.sh creates it in MLflow).
+apply_secret "${RAY_NAMESPACE}" rayvision-ray-token \
+  "auth_token=$(random_or_existing "${RAY_NAMESPACE}" rayvision-ray-token auth_token)"
+jobs_password="$(random_or_existing "${RAY_NAMESPACE}" rayvision-mlflow-client \
+  MLFLOW_TRACKING_PASSWORD)"
+apply_secret "${RAY_NAMESPACE}" rayvision-mlflow-client \
+  MLFLOW_TRACKING_USERNAME=ray-jobs "MLFLOW_TRACKING_PASSWORD=${jobs_password}"
+
+log "Ray workloads"
+RAYVISION_RAY_ROLE_ARN="$(tf_map_output irsa_role_arns ray)"
+RAYVISION_SERVE_HOST="$(tf_output serve_host)"
+RAYVISION_CERT_ARN="$(tf_output certificate_arn)"
+export RAYVISION_RAY_ROLE_ARN RAYVISION_SERVE_HOST RAYVISION_CERT_ARN
+raycluster="${KUBERAY_DIR}/raycluster"
+if [[ -n "${redis_endpoint}" ]] && ! ((DRY_RUN)); then
+  # terraform enable_ray_gcs_ft: the head keeps its state in ElastiCache (GCS fault tolerance).
+  redis_password="$(aws secretsmanager get-secret-value --query SecretString --output text \
+    --secret-id "$(tf_output ray_gcs_redis_secret_arn)")"
+  apply_secret "${RAY_NAMESPACE}" rayvision-gcs-redis "password=${redis_password}"
+  export RAYVISION_REDIS_ADDRESS="rediss://${redis_endpoint}:6379"
+  raycluster="${KUBERAY_DIR}/raycluster-gcs-ft"
+fi
+apply_manifests "${KUBERAY_DIR}/serviceaccount.yaml" "${raycluster}" \
+  "${KUBERAY_DIR}/rayservice.yaml" "${KUBERAY_DIR}/serve-ingress.yaml" \
+  "${KUBERAY_DIR}"/raycronjob-*.yaml
+raycluster_ready() {
+  [[ "$(kubectl -n "${RAY_NAMESPACE}" get raycluster rayvision -o 'jsonpath={.status.state}')" == ready ]]
+}
+wait_until 900 "the RayCluster to be ready" raycluster_ready
+log "done: next, 03-mlflow.sh"

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# 03: the central MLflow tracking server (Helm chart cluster/charts/mlflow): its image in ECR, the
+# database and admin credentials as Kubernetes Secrets, the release, and DNS names for the ALB.
+# Idempotent: the image is built once per commit, secrets keep their values across reruns, helm
+# upgrade --install converges, DNS records are UPSERTed.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "${BASH_SOURCE[0]%/*}/lib.sh"
+parse_args "Installs or upgrades the MLflow tracking server and its HTTPS endpoint." "$@"
+require_tools aws terraform kubectl helm docker git jq openssl base64
+require_region
+require_aws_credentials
+
+mlflow_repo="$(tf_output mlflow_image_repository)"
+mlflow_host="$(tf_output mlflow_host)"
+serve_host="$(tf_output serve_host)"
+commit="$(capture commit git -C "${REPO_ROOT}" rev-parse --short HEAD)"
+mlflow_image_tag="3.17.2-${commit}"
+
+log "the MLflow image"
+if ((DRY_RUN)) || ! aws ecr describe-images --repository-name "${mlflow_repo#*/}" \
+  --image-ids "imageTag=${mlflow_image_tag}" >/dev/null 2>&1; then
+  if ((DRY_RUN)); then
+    show aws ecr get-login-password '|' docker login --username AWS --password-stdin "${mlflow_repo%%/*}"
+  else
+    aws ecr get-login-password | docker login --username AWS --password-stdin "${mlflow_repo%%/*}"
+  fi
+  run docker build -f "${REPO_ROOT}/cluster/docker/mlflow.Dockerfile" \
+    -t "${mlflow_repo}:${mlflow_image_tag}" "${REPO_ROOT}"
+  run docker push "${mlflow_repo}:${mlflow_image_tag}"
+fi
+
+log "namespace ${MLFLOW_NAMESPACE}: credentials"
+apply_generated kubectl create namespace "${MLFLOW_NAMESPACE}"
+# The database password is created and rotated by RDS in Secrets Manager.
+rds_password() {
+  aws secretsmanager get-secret-value --secret-id "$1" --query SecretString --output text |
+    jq -r .password
+}
+db_password="$(capture db_password rds_password "$(tf_output rds_master_secret_arn)")"
+apply_secret "${MLFLOW_NAMESPACE}" mlflow-db username=mlflow "password=${db_password}"
+apply_secret "${MLFLOW_NAMESPACE}" mlflow-admin admin-username=admin \
+  "admin-password=$(random_or_existing "${MLFLOW_NAMESPACE}" mlflow-admin admin-password)" \
+  "flask-secret-key=$(random_or_existing "${MLFLOW_NAMESPACE}" mlflow-admin flask-secret-key)"
+
+log "the MLflow release"
+run helm upgrade --install mlflow "${REPO_ROOT}/cluster/charts/mlflow" \
+  --namespace "${MLFLOW_NAMESPACE}" --wait --timeout 10m \
+  --set image.repository="${mlflow_repo}" --set image.tag="${mlflow_image_tag}" \
+  --set serviceAccount.roleArn="$(tf_map_output irsa_role_arns mlflow)" \
+  --set artifactsDestination="$(tf_output mlflow_artifacts_uri)" \
+  --set database.host="$(tf_output rds_endpoint)" \
+  --set ingress.host="${mlflow_host}" \
+  --set ingress.certificateArn="$(tf_output certificate_arn)"
+
+log "DNS: ${mlflow_host} and ${serve_host} to the platform's load balancer"
+alb_hostname() {
+  kubectl -n "${MLFLOW_NAMESPACE}" get ingress mlflow \
+    -o 'jsonpath={.status.loadBalancer.ingress[0].hostname}'
+}
+alb_ready() { [[ -n "$(alb_hostname)" ]]; }
+wait_until 600 "the load balancer of the MLflow ingress" alb_ready
+alb="$(capture alb alb_hostname)"
+changes="$(jq -cn --arg alb "${alb}" --arg a "${mlflow_host}" --arg b "${serve_host}" '{Changes: [
+  {Action: "UPSERT", ResourceRecordSet: {Name: $a, Type: "CNAME", TTL: 300, ResourceRecords: [{Value: $alb}]}},
+  {Action: "UPSERT", ResourceRecordSet: {Name: $b, Type: "CNAME", TTL: 300, ResourceRecords: [{Value: $alb}]}}
+]}')"
+run aws route53 change-resource-record-sets --hosted-zone-id "$(tf_output hosted_zone_id)" \
+  --change-batch "${changes}"
+log "done: MLflow at https://${mlflow_host}; next, 04-users.sh"

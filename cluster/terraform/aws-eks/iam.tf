@@ -1,0 +1,205 @@
+# IAM roles for service accounts (IRSA): each Kubernetes service account below may assume one
+# role, and each role may do only what its pods need.
+locals {
+  oidc_issuer = replace(aws_eks_cluster.main.identity[0].oidc[0].issuer, "https://", "")
+
+  irsa = {
+    mlflow = {
+      namespace       = "mlflow"
+      service_account = "mlflow"
+      policy          = data.aws_iam_policy_document.bucket_prefix["mlflow"].json
+    }
+    ray = {
+      namespace       = "rayvision"
+      service_account = "rayvision-ray"
+      policy          = data.aws_iam_policy_document.bucket_prefix["ray"].json
+    }
+    aws-load-balancer-controller = {
+      namespace       = "kube-system"
+      service_account = "aws-load-balancer-controller"
+      policy          = data.aws_iam_policy_document.load_balancer_controller.json
+    }
+    cluster-autoscaler = {
+      namespace       = "kube-system"
+      service_account = "cluster-autoscaler"
+      policy          = data.aws_iam_policy_document.cluster_autoscaler.json
+    }
+  }
+}
+
+data "aws_iam_policy_document" "irsa_assume" {
+  for_each = local.irsa
+
+  statement {
+    actions = ["sts:AssumeRoleWithWebIdentity"]
+    principals {
+      type        = "Federated"
+      identifiers = [aws_iam_openid_connect_provider.eks.arn]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "${local.oidc_issuer}:sub"
+      values   = ["system:serviceaccount:${each.value.namespace}:${each.value.service_account}"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "${local.oidc_issuer}:aud"
+      values   = ["sts.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "irsa" {
+  for_each           = local.irsa
+  name               = "${var.name}-${each.key}"
+  assume_role_policy = data.aws_iam_policy_document.irsa_assume[each.key].json
+}
+
+resource "aws_iam_role_policy" "irsa" {
+  for_each = local.irsa
+  name     = each.key
+  role     = aws_iam_role.irsa[each.key].id
+  policy   = each.value.policy
+}
+
+# MLflow reads and writes under mlflow/, the Ray pods under ray/; neither sees the other's data.
+data "aws_iam_policy_document" "bucket_prefix" {
+  for_each = toset(["mlflow", "ray"])
+
+  statement {
+    sid       = "ListOwnPrefix"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.artifacts.arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["${each.value}/*", "${each.value}/"]
+    }
+  }
+
+  statement {
+    sid = "ReadWriteOwnPrefix"
+    actions = [
+      "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
+      "s3:ListMultipartUploadParts",
+    ]
+    resources = ["${aws_s3_bucket.artifacts.arn}/${each.value}/*"]
+  }
+
+  statement {
+    sid       = "UseBucketKey"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.main.arn]
+  }
+}
+
+# The AWS Load Balancer Controller creates the ALB for the Ingresses. It may change only load
+# balancers, target groups and security groups tagged with this cluster's name.
+data "aws_iam_policy_document" "load_balancer_controller" {
+  # checkov:skip=CKV_AWS_356: Describe calls take no resource ARN; listener and rule ARNs are made by the controller at run time; other writes are scoped by the cluster tag
+  # checkov:skip=CKV_AWS_111: creates need Resource * with a request-tag condition; listener and rule changes cannot be scoped in advance
+  statement {
+    sid = "Describe"
+    actions = [
+      "ec2:Describe*", "ec2:GetSecurityGroupsForVpc", "elasticloadbalancing:Describe*",
+      "acm:ListCertificates", "acm:DescribeCertificate", "wafv2:GetWebACLForResource",
+      "shield:GetSubscriptionState",
+    ]
+    resources = ["*"]
+  }
+
+  statement {
+    sid       = "ServiceLinkedRole"
+    actions   = ["iam:CreateServiceLinkedRole"]
+    resources = ["*"]
+    condition {
+      test     = "StringEquals"
+      variable = "iam:AWSServiceName"
+      values   = ["elasticloadbalancing.amazonaws.com"]
+    }
+  }
+
+  statement {
+    sid       = "CreateTagged"
+    actions   = ["ec2:CreateSecurityGroup", "elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup"]
+    resources = ["*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:RequestTag/elbv2.k8s.aws/cluster"
+      values   = [var.name]
+    }
+  }
+
+  statement {
+    sid       = "TagOnCreate"
+    actions   = ["ec2:CreateTags", "elasticloadbalancing:AddTags"]
+    resources = ["*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:RequestTag/elbv2.k8s.aws/cluster"
+      values   = [var.name]
+    }
+  }
+
+  statement {
+    sid = "ChangeOwn"
+    actions = [
+      "ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress", "ec2:DeleteSecurityGroup",
+      "ec2:CreateTags", "ec2:DeleteTags",
+      "elasticloadbalancing:ModifyLoadBalancerAttributes", "elasticloadbalancing:SetIpAddressType",
+      "elasticloadbalancing:SetSecurityGroups", "elasticloadbalancing:SetSubnets",
+      "elasticloadbalancing:DeleteLoadBalancer", "elasticloadbalancing:ModifyTargetGroup",
+      "elasticloadbalancing:ModifyTargetGroupAttributes", "elasticloadbalancing:DeleteTargetGroup",
+      "elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets",
+      "elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags",
+    ]
+    resources = ["*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/elbv2.k8s.aws/cluster"
+      values   = [var.name]
+    }
+  }
+
+  statement {
+    sid = "Listeners"
+    actions = [
+      "elasticloadbalancing:CreateListener", "elasticloadbalancing:DeleteListener",
+      "elasticloadbalancing:ModifyListener", "elasticloadbalancing:AddListenerCertificates",
+      "elasticloadbalancing:RemoveListenerCertificates", "elasticloadbalancing:CreateRule",
+      "elasticloadbalancing:DeleteRule", "elasticloadbalancing:ModifyRule",
+    ]
+    resources = ["*"]
+  }
+}
+
+# The cluster autoscaler adds and removes nodes of this cluster's node groups only.
+data "aws_iam_policy_document" "cluster_autoscaler" {
+  statement {
+    sid = "Describe"
+    actions = [
+      "autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeAutoScalingInstances",
+      "autoscaling:DescribeLaunchConfigurations", "autoscaling:DescribeScalingActivities",
+      "autoscaling:DescribeTags", "ec2:DescribeImages", "ec2:DescribeInstanceTypes",
+      "ec2:DescribeLaunchTemplateVersions", "ec2:GetInstanceTypesFromInstanceRequirements",
+    ]
+    resources = ["*"]
+  }
+
+  statement {
+    sid       = "DescribeOwnNodeGroups"
+    actions   = ["eks:DescribeNodegroup"]
+    resources = ["arn:${local.partition}:eks:${var.region}:${local.account_id}:nodegroup/${var.name}/*"]
+  }
+
+  statement {
+    sid       = "ScaleOwnNodeGroups"
+    actions   = ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"]
+    resources = ["*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/k8s.io/cluster-autoscaler/${var.name}"
+      values   = ["owned"]
+    }
+  }
+}

@@ -1,0 +1,221 @@
+"""The EKS stack and the images, checked statically: every Terraform file parses, checkov finds no
+failed check (skips only next to their resource, with a reason), and the stack's node groups,
+database and bucket are the ones the platform relies on."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from tests.cluster.clusterlib import (
+    CLUSTER,
+    KUBERAY,
+    REPO,
+    TERRAFORM,
+    load_hcl,
+    load_yaml,
+    terraform_blocks,
+    worker_group,
+)
+
+TF_FILES = sorted(TERRAFORM.glob("*.tf"))
+DOCKER = CLUSTER / "docker"
+
+
+def _checkov() -> str | None:
+    """checkov from CHECKOV, the project's tool environment (make cluster-tools), or PATH."""
+    for candidate in (os.environ.get("CHECKOV"), REPO / ".venv-checkov" / "bin" / "checkov"):
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    return shutil.which("checkov")
+
+
+@pytest.mark.parametrize("path", TF_FILES, ids=lambda p: p.name)
+def test_terraform_file_parses(path: Path) -> None:
+    assert load_hcl(path)
+
+
+@cache
+def _checkov_report() -> list[dict[str, Any]]:
+    """checkov's results for the Terraform stack and for the Dockerfiles."""
+    checkov = _checkov()
+    if checkov is None:
+        pytest.skip("checkov not installed: run `make cluster-tools` (or set CHECKOV)")
+    reports = []
+    for directory, framework in ((TERRAFORM, "terraform"), (DOCKER, "dockerfile")):
+        # --skip-download: offline, no guideline or policy downloads.
+        run = subprocess.run(
+            [
+                checkov,
+                "--directory",
+                directory,
+                "--framework",
+                framework,
+                "--output",
+                "json",
+                "--skip-download",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        reports.append(json.loads(run.stdout))
+    return reports
+
+
+def test_checkov_finds_no_failed_check() -> None:
+    failed = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']})"
+        for framework in _checkov_report()
+        for c in framework["results"]["failed_checks"]
+    ]
+    assert failed == []
+    passed = sum(len(f["results"]["passed_checks"]) for f in _checkov_report())
+    assert passed > 200, "checkov scanned far fewer resources than the stack has"
+
+
+def test_every_checkov_skip_has_a_reason() -> None:
+    skipped = [c for f in _checkov_report() for c in f["results"]["skipped_checks"]]
+    assert skipped, "expected the documented skips"
+    for check in skipped:
+        reason = check["check_result"].get("suppress_comment", "").strip()
+        assert len(reason) > 20, f"{check['check_id']} on {check['resource']} has no reason"
+    # Skips live in the files, next to their resource; none is hidden in a config file.
+    assert not list(CLUSTER.rglob(".checkov.y*ml"))
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform not installed")
+def test_terraform_is_formatted() -> None:
+    run = subprocess.run(
+        ["terraform", f"-chdir={TERRAFORM}", "fmt", "-check", "-diff"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout
+
+
+def _node_groups() -> dict[str, Any]:
+    (node_groups,) = [
+        entry["node_groups"]
+        for entry in load_hcl(TERRAFORM / "eks.tf")["locals"]
+        if "node_groups" in entry
+    ]
+    return node_groups
+
+
+def _variable_default(reference: Any) -> Any:
+    """The default of `${var.NAME}` or `${var.NAME.ATTRIBUTE}`, or the value itself."""
+    match = re.fullmatch(r"\$\{var\.(\w+)(?:\.(\w+))?\}", str(reference))
+    if not match:
+        return reference
+    default = terraform_blocks("variable")[match.group(1)]["default"]
+    return default[match.group(2)] if match.group(2) else default
+
+
+def test_gpu_node_group_matches_the_ray_gpu_worker_group() -> None:
+    group = _node_groups()["gpu-spot"]
+    ray_gpu = worker_group(load_yaml(KUBERAY / "raycluster" / "raycluster.yaml")["spec"], "gpu")
+    pod = ray_gpu["template"]["spec"]
+    assert group["capacity_type"] == pod["nodeSelector"]["eks.amazonaws.com/capacityType"]
+    assert group["ami_type"] == "AL2023_x86_64_NVIDIA"
+    assert group["min_size"] == ray_gpu["minReplicas"]
+    assert _variable_default(group["max_size"]) == ray_gpu["maxReplicas"]
+    selected = {k: v for k, v in pod["nodeSelector"].items() if k.startswith("rayvision.io/")}
+    assert selected == group["labels"]
+    taints = {(t["key"], t["value"], "NoSchedule") for t in group["taints"]}
+    assert all(t["effect"] == "NO_SCHEDULE" for t in group["taints"])
+    tolerated = {(t["key"], t["value"], t["effect"]) for t in pod["tolerations"]}
+    assert taints == tolerated, "every taint of the GPU nodes must be tolerated, and only those"
+
+
+def test_every_ray_group_lands_on_a_node_group() -> None:
+    cluster = load_yaml(KUBERAY / "raycluster" / "raycluster.yaml")["spec"]
+    pools = {g["labels"]["rayvision.io/pool"] for g in _node_groups().values()}
+    pods = [cluster["headGroupSpec"]["template"]["spec"]]
+    pods += [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+    assert {pod["nodeSelector"]["rayvision.io/pool"] for pod in pods} <= pools
+
+
+def test_system_nodes_are_two_small_on_demand_nodes() -> None:
+    system = _node_groups()["system"]
+    assert system["capacity_type"] == "ON_DEMAND"
+    assert _variable_default(system["min_size"]) == 2
+    assert system["taints"] == []
+
+
+def test_database_is_multi_az_encrypted_private_and_backed_up() -> None:
+    db = terraform_blocks("resource")["aws_db_instance.mlflow"]
+    assert db["multi_az"] is True
+    assert db["storage_encrypted"] is True
+    assert db["publicly_accessible"] is False
+    assert db["manage_master_user_password"] is True, "no database password in Terraform state"
+    assert db["deletion_protection"] is True
+    assert _variable_default(db["backup_retention_period"]) >= 7
+    assert db["engine"] == "postgres"
+
+
+def test_bucket_is_versioned_encrypted_private_with_lifecycle() -> None:
+    resources = terraform_blocks("resource")
+    versioning = resources["aws_s3_bucket_versioning.artifacts"]["versioning_configuration"]
+    assert versioning[0]["status"] == "Enabled"
+    block = resources["aws_s3_bucket_public_access_block.artifacts"]
+    assert all(
+        block[k] is True
+        for k in (
+            "block_public_acls",
+            "block_public_policy",
+            "ignore_public_acls",
+            "restrict_public_buckets",
+        )
+    )
+    encryption = resources["aws_s3_bucket_server_side_encryption_configuration.artifacts"]
+    assert encryption["rule"][0]["apply_server_side_encryption_by_default"][0]["sse_algorithm"] == (
+        "aws:kms"
+    )
+    rules = resources["aws_s3_bucket_lifecycle_configuration.artifacts"]["rule"]
+    old_versions = next(r for r in rules if r["id"] == "expire-old-versions")
+    assert old_versions["noncurrent_version_expiration"]
+
+
+def test_service_account_roles_match_the_manifests() -> None:
+    (irsa,) = [e["irsa"] for e in load_hcl(TERRAFORM / "iam.tf")["locals"] if "irsa" in e]
+    ray_account = load_yaml(KUBERAY / "serviceaccount.yaml")["metadata"]
+    assert (irsa["ray"]["namespace"], irsa["ray"]["service_account"]) == (
+        ray_account["namespace"],
+        ray_account["name"],
+    )
+    chart_values = load_yaml(CLUSTER / "charts" / "mlflow" / "values.yaml")
+    assert irsa["mlflow"]["service_account"] == chart_values["serviceAccount"]["name"]
+
+
+def test_kubernetes_version_is_validated_and_supported() -> None:
+    version = terraform_blocks("variable")["kubernetes_version"]
+    assert int(version["default"].split(".")[1]) >= 30
+    assert "validation" in version
+
+
+def test_required_variables_are_in_the_example_tfvars() -> None:
+    example = (TERRAFORM / "terraform.tfvars.example").read_text()
+    for name, body in terraform_blocks("variable").items():
+        assert "description" in body, f"variable {name} has no description"
+        if "default" not in body:
+            assert re.search(rf"^{name}\s*=", example, re.MULTILINE), name
+
+
+def test_image_versions_agree_with_the_installed_ray() -> None:
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    (base,) = re.findall(r"^FROM (\S+)", dockerfile, re.MULTILINE)
+    assert base == f"rayproject/ray:{ray.__version__}-py311-gpu"
+    cluster = load_yaml(KUBERAY / "raycluster" / "raycluster.yaml")
+    assert cluster["spec"]["rayVersion"] == ray.__version__
+    assert "requirements.lock" in dockerfile

@@ -1,0 +1,149 @@
+"""jobs/tune.py submitted as a Ray Job: ASHA + HyperOpt over TorchTrainer on digits, one MLflow
+child run per trial under one parent; and a sweep whose driver is killed, then resumed."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import MlflowServer, RayCluster
+from tests.support import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+EPOCHS = 3
+# Warm start: a point known to learn, then one that cannot in a single epoch (lr 1e-4), so
+# ASHA's first rung has something to stop.
+WARM_START = json.dumps([
+    {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 32},
+    {"lr": 1e-4, "momentum": 0.8, "weight_decay": 1e-5, "batch_size": 128},
+])  # fmt: skip
+
+
+def sweep_command(experiment: str, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "python", "jobs/tune.py", "--dataset", "digits", "--model", "resnet18",
+        "--epochs", str(EPOCHS), "--experiment", experiment,
+        "--storage-path", str(tmp_path / "ray_results"),
+        "--results-json", str(tmp_path / "out.json"), *extra,
+    ]  # fmt: skip
+
+
+def child_runs(client: MlflowClient, experiment: str, parent_run_id: str) -> list[Any]:
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    return client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    )
+
+
+def test_sweep_one_child_run_per_trial_best_tagged_and_registered(
+    ray_cluster: RayCluster, mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    experiment, model_name = "e2e-tune", f"tuned-{uuid.uuid4().hex[:6]}"
+    job_id = f"tune-{uuid.uuid4().hex[:8]}"
+    ray_cluster.submit(
+        sweep_command(
+            experiment, tmp_path, "--num-samples", "4", "--max-concurrent", "1",
+            "--scheduler", "asha", "--grace-period", "1", "--search", "hyperopt",
+            "--points-to-evaluate", WARM_START, "--register-as", model_name,
+        ),
+        job_id,
+    )  # fmt: skip
+    info = ray_cluster.jobs.wait(job_id, timeout=1200)
+    logs = ray_cluster.jobs.logs(job_id)
+    assert info["status"] == "SUCCEEDED", logs[-4000:]
+    assert "* best trial" in logs  # the summary table
+
+    results = json.loads((tmp_path / "out.json").read_text())
+    client = MlflowClient(mlflow_server.uri)
+    parent = client.get_run(results["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.params["scheduler"] == "asha"
+    runs = child_runs(client, experiment, results["parent_run_id"])
+    trial_ids = [r.data.tags["trial_id"] for r in runs]
+    assert len(runs) == 4 and len(set(trial_ids)) == 4  # exactly one run per trial
+    statuses = {r.info.status for r in runs}
+    assert statuses <= {"FINISHED", "KILLED"}
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert killed, "ASHA should stop the lr=1e-4 trial at its first rung"
+    for run in runs:
+        epochs = len(client.get_metric_history(run.info.run_id, "val_accuracy"))
+        if run.info.status == "KILLED":
+            assert epochs < EPOCHS and run.data.tags["early_stopped"] == "True"
+        else:
+            assert epochs == EPOCHS and "test_accuracy" in run.data.metrics
+    assert results["trials_by_status"] == {
+        s: sum(r.info.status == s for r in runs) for s in statuses
+    }
+
+    best = [r for r in runs if r.data.tags.get("best_trial") == "true"]
+    assert len(best) == 1
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert best[0].data.metrics["val_accuracy"] == max(
+        r.data.metrics["val_accuracy"] for r in finished
+    )
+    assert results["best_run_id"] == best[0].info.run_id
+    assert parent.data.tags["best_run_id"] == best[0].info.run_id
+    version = client.get_model_version_by_alias(model_name, "challenger")
+    assert version.run_id == best[0].info.run_id
+    assert results["registered_version"] == version.version
+    assert results["test_accuracy"] == best[0].data.metrics["test_accuracy"]
+
+
+def test_sweep_resumes_after_its_driver_is_killed(
+    ray_cluster: RayCluster, mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    experiment, sweep = "e2e-tune-resume", f"resume-{uuid.uuid4().hex[:6]}"
+    command = sweep_command(
+        experiment, tmp_path, "--num-samples", "4", "--max-concurrent", "2",
+        "--scheduler", "none", "--search", "random", "--run-name", sweep,
+    )  # fmt: skip
+    client = MlflowClient(mlflow_server.uri)
+    first = f"{sweep}-a"
+    ray_cluster.submit(command, first)
+
+    def a_trial_finished() -> bool:
+        experiment_row = client.get_experiment_by_name(experiment)
+        if experiment_row is None:
+            return False
+        done = client.search_runs(
+            [experiment_row.experiment_id],
+            filter_string=f"tags.sweep = '{sweep}' and attributes.status = 'FINISHED'",
+        )
+        return any("trial_id" in r.data.tags for r in done)
+
+    wait_for(a_trial_finished, 900, "the first finished trial", interval=2)
+    stop = requests.post(
+        f"{ray_cluster.jobs.base}{first}/stop", headers=ray_cluster.jobs.headers, timeout=30
+    )
+    stop.raise_for_status()
+    assert ray_cluster.jobs.wait(first, timeout=120)["status"] == "STOPPED"
+    parent_id = client.search_runs(
+        [client.get_experiment_by_name(experiment).experiment_id],
+        filter_string=f"tags.sweep = '{sweep}' and tags.sweep_parent = 'true'",
+    )[0].info.run_id
+    finished_before = {
+        r.info.run_id for r in child_runs(client, experiment, parent_id)
+        if r.info.status == "FINISHED"
+    }  # fmt: skip
+
+    second = f"{sweep}-b"
+    ray_cluster.submit([*command, "--resume"], second)
+    info = ray_cluster.jobs.wait(second, timeout=1200)
+    logs = ray_cluster.jobs.logs(second)
+    assert info["status"] == "SUCCEEDED", logs[-4000:]
+    assert "resuming sweep" in logs
+    results = json.loads((tmp_path / "out.json").read_text())
+    assert results["parent_run_id"] == parent_id  # the same parent run, not a new sweep
+    runs = child_runs(client, experiment, parent_id)
+    assert len(runs) == 4 == len({r.data.tags["trial_id"] for r in runs})
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        if run.info.run_id in finished_before:  # not trained again after the resume
+            points = client.get_metric_history(run.info.run_id, "val_accuracy")
+            assert len(points) == EPOCHS

@@ -1,0 +1,54 @@
+"""Registered models for tests, made in seconds without a Ray cluster: weights trained in
+this process (the real loop through LocalContext) or left untrained, logged through the same
+app.tracking.log_model the jobs use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from app import tracking
+from app.config import TrainConfig
+from app.data import ImageSplits, load_dataset
+from app.evaluation import evaluate_model
+from app.models import ModelSpec, build_model, cpu_state_dict
+from app.training import LocalContext, train_worker
+
+
+def digits_state(epochs: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A resnet18 state dict for digits: trained ``epochs`` epochs, or untrained for 0."""
+    splits = load_dataset("digits")
+    if epochs == 0:
+        torch.manual_seed(seed)
+        return cpu_state_dict(build_model(ModelSpec.for_dataset("resnet18", splits.info)))
+    ctx = LocalContext(torch.device("cpu"))
+    cfg = TrainConfig(epochs=epochs, num_workers=1, batch_size=64, seed=seed)
+    train_worker(cfg, splits, ctx, log=lambda _: None)
+    assert ctx.checkpoint is not None
+    state: dict[str, Any] = ctx.checkpoint["model"]
+    return state
+
+
+def log_digits_model(
+    state: dict[str, torch.Tensor], experiment: str, splits: ImageSplits | None = None
+) -> tuple[str, float]:
+    """Log ``state`` as a model run (with its test accuracy); return (run_id, accuracy)."""
+    splits = splits or load_dataset("digits")
+    spec = ModelSpec.for_dataset("resnet18", splits.info)
+    model = build_model(spec)
+    model.load_state_dict(state)
+    report, _ = evaluate_model(model, splits.x_test, splits.y_test, splits.info)
+    run_id = tracking.start_run(
+        experiment,
+        None,
+        {"model": "resnet18"},
+        {"dataset": "digits", "dataset_fingerprint": splits.fingerprint},
+    )
+    buffer = tracking.MetricBuffer(run_id)
+    buffer.log({"test_accuracy": report.accuracy}, step=0)
+    buffer.flush()
+    example = splits.x_test[:2, 0].numpy()
+    tracking.log_model(run_id, state, spec, example)
+    tracking.client().set_terminated(run_id)
+    return run_id, report.accuracy
