@@ -79,6 +79,28 @@ demo: $(STAMP) ## train on digits end to end, register the model (no cluster nee
 		--num-workers $(WORKERS) --register-as $(MODEL_NAME) --alias challenger \
 		--results-json results/train.json
 
+.PHONY: tune-quick
+tune-quick: $(STAMP) ## a quick sweep on digits: 4 trials, ASHA + HyperOpt, best registered @challenger
+	$(PY) jobs/tune.py --dataset digits --model $(MODEL) --num-samples 4 --max-concurrent 2 \
+		--epochs 4 --scheduler asha --search hyperopt --register-as $(MODEL_NAME) \
+		--results-json results/tune.json
+
+.PHONY: tune-extensive
+tune-extensive: $(STAMP) ## the 100-trial sweep (size the cluster: trials run as the CPUs/GPUs allow)
+	$(PY) jobs/tune.py --dataset $(DATASET) --model $(MODEL) --num-samples 100 \
+		--epochs $(EPOCHS) --scheduler asha --search hyperopt --register-as $(MODEL_NAME) \
+		--results-json results/tune-extensive.json
+
+.PHONY: evaluate
+evaluate: $(STAMP) ## evaluate models:/$(MODEL_NAME)@challenger on its test split, with checks
+	$(PY) jobs/evaluate.py --model-uri models:/$(MODEL_NAME)@challenger \
+		--results-json results/evaluate.json
+
+.PHONY: promote
+promote: $(STAMP) ## move @champion to @challenger if it is at least as good
+	$(PY) jobs/promote.py --model-name $(MODEL_NAME) --from challenger --to champion \
+		--results-json results/promote.json
+
 .PHONY: mlflow-ui
 mlflow-ui: $(STAMP) ## MLflow UI + tracking server on a local SQLite store (foreground)
 	$(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
