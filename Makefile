@@ -74,8 +74,19 @@ test-unit: $(STAMP) ## unit tests only (seconds, no services)
 
 # --- running the platform locally ---------------------------------------------------------------
 .PHONY: demo
-demo: $(STAMP) ## train on digits end to end, register the model (no cluster needed)
-	$(PY) jobs/train.py --dataset digits --model $(MODEL) --epochs $(EPOCHS) \
+demo: $(STAMP) ## the whole path on digits: sweep -> register -> promote -> serve -> classify over HTTP
+	PY=$(PY) cluster/scripts/demo.sh
+
+.PHONY: demo-down
+demo-down: ## stop what `make demo` started (Serve app, Ray cluster, MLflow server)
+	-$(MAKE) --no-print-directory serve-down
+	@if [ -f results/demo/ray.started ]; then $(BIN)/ray stop; rm results/demo/ray.started; fi
+	@if [ -f results/demo/mlflow.pid ]; then \
+		kill -- -"$$(cat results/demo/mlflow.pid)" 2>/dev/null || true; rm results/demo/mlflow.pid; fi
+
+.PHONY: train
+train: $(STAMP) ## train one model on DATASET with MODEL, registered @challenger (no cluster needed)
+	$(PY) jobs/train.py --dataset $(DATASET) --model $(MODEL) --epochs $(EPOCHS) \
 		--num-workers $(WORKERS) --register-as $(MODEL_NAME) --alias challenger \
 		--results-json results/train.json
 
@@ -126,3 +137,4 @@ clean: ## remove caches and local run outputs (keeps .venv, data/ and mlflow.db)
 
 include cluster/mlflow/mlflow.mk
 include cluster/cluster.mk
+include serve/serve.mk

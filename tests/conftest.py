@@ -186,11 +186,17 @@ def ray_client_env(
     ray_cluster: RayCluster, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[RayCluster]:
     """This test process as a client of the session cluster (in-process ``ray.init``)."""
+    import ray
+    from ray._raylet import AuthenticationTokenLoader, Config
+
     for key, value in ray_cluster.env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)
+    # Ray caches the auth mode and token per process at first use; an earlier test may have
+    # used Ray without them. Re-read both, as Ray itself does when it enables token auth.
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
     yield ray_cluster
-    import ray
 
     if ray.is_initialized():
         ray.shutdown()

@@ -90,4 +90,3 @@ def test_gradient_accumulation_takes_fewer_optimizer_steps(digits) -> None:  # t
     micro = -(-len(digits.x_train) // 32)
     assert ctx.checkpoint is not None
     assert ctx.checkpoint["global_step"] == -(-micro // 4)
-

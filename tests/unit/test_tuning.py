@@ -79,7 +79,7 @@ def test_worker_cpus_shrink_so_concurrent_trials_fit_two_cores() -> None:
 
 
 def test_explicit_cpus_that_cannot_fit_are_refused() -> None:
-    with pytest.raises(ConfigError, match="need 4.2 CPUs"):
+    with pytest.raises(ConfigError, match=r"need 4\.2 CPUs"):
         plan_trials(tune_config(num_workers=2, max_concurrent=2, cpus_per_worker=1), 2, 0)
 
 

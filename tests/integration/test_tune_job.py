@@ -1,0 +1,51 @@
+"""jobs/tune.py's entry point in this process on the session cluster: a grid sweep of two
+trials, each a real TorchTrainer, logged under one parent run and the best registered."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO, MlflowServer, RayCluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_grid_sweep_in_process(
+    ray_client_env: RayCluster,
+    mlflow_server: MlflowServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    space = tmp_path / "space.yaml"
+    space.write_text("batch_size: {type: choice, values: [64, 128]}\n")
+    out = tmp_path / "out.json"
+    monkeypatch.setattr(sys, "argv", [
+        "jobs/tune.py", "--dataset", "digits", "--epochs", "2", "--num-samples", "1",
+        "--search", "grid", "--scheduler", "none", "--space-file", str(space),
+        "--experiment", "it-tune", "--register-as", "it-tuned", "--alias", "candidate",
+        "--storage-path", str(tmp_path / "ray_results"), "--results-json", str(out),
+    ])  # fmt: skip
+    runpy.run_path(str(REPO / "jobs" / "tune.py"), run_name="__main__")
+
+    results = json.loads(out.read_text())
+    assert results["trials"] == 2 and results["trials_by_status"] == {"FINISHED": 2}
+    client = MlflowClient(mlflow_server.uri)
+    parent = client.get_run(results["parent_run_id"])
+    assert json.loads(parent.data.params["search_space"]) == {
+        "batch_size": {"type": "choice", "values": [64, 128]}
+    }
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    assert sorted(r.data.params["batch_size"] for r in children) == ["128", "64"]
+    assert results["best_config"]["batch_size"] in ("64", "128")
+    version = client.get_model_version_by_alias("it-tuned", "candidate")
+    assert version.run_id == results["best_run_id"] == parent.data.tags["best_run_id"]
