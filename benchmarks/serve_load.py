@@ -1,0 +1,250 @@
+"""Serving throughput under concurrent HTTP load, against the bare model, in one run.
+
+    python benchmarks/serve_load.py            # 30 s of load per phase
+    python benchmarks/serve_load.py --quick    # 10 s per phase, under two minutes in all
+
+Starts a private local Ray and Serve (free ports; nothing shared is touched), registers an
+untrained model in a temporary MLflow store (throughput does not depend on the weights),
+deploys serve.app with serve/config.yaml's options and one Classifier replica, and drives
+``--clients`` threads, each posting one PNG to /predict over a keep-alive connection (a held-out
+digit; with ``--dataset cifar10`` a 32x32 colour picture for a CIFAR-sized model):
+
+1. dynamic batching on (the config's max_batch_size and wait), then one client alone (the
+   latency an idle service adds by waiting for a batch to fill);
+2. dynamic batching off (redeployed with max_batch_size 1 in the user_config);
+3. the bare model in this process: ``Classifier.predict_proba`` on uint8 batches of exactly the
+   sizes the replica formed in phase 1, with one torch thread like the replica.
+
+Ratios: served / bare images per second (goal >= 0.5 on 2 CPU cores) and batching on / off
+(goal >= 2). Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from app import tracking  # noqa: E402
+from app.data import DATASETS, load_dataset  # noqa: E402
+from app.models import ModelSpec, build_model, cpu_state_dict  # noqa: E402
+from serve import app as served  # noqa: E402
+from serve.client import png_bytes  # noqa: E402
+
+MODEL_NAME = "bench-digits"
+
+
+@dataclass
+class Phase:
+    name: str
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, float]:
+        ordered = sorted(self.latencies) or [float("nan")]
+        return {
+            "rps": len(self.latencies) / self.seconds,
+            "p50_ms": 1000 * ordered[len(ordered) // 2],
+            "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+            "errors": self.errors,
+            "requests": len(self.latencies),
+        }
+
+
+def drive(port: int, body: bytes, clients: int, seconds: float, name: str) -> Phase:
+    """``clients`` threads posting ``body`` back to back for ``seconds``; every answer counts."""
+    phase = Phase(name)
+    deadline = time.perf_counter() + seconds
+    lock = threading.Lock()
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        headers = {"Content-Type": "image/png"}
+        while (started := time.perf_counter()) < deadline:
+            try:
+                connection.request("POST", "/predict", body, headers)
+                response = connection.getresponse()
+                response.read()
+                ok = response.status == 200
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                ok = False
+            with lock:
+                if ok:
+                    phase.latencies.append(time.perf_counter() - started)
+                else:
+                    phase.errors += 1
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    phase.seconds = time.perf_counter() - began
+    print(name, json.dumps(phase.summary()), flush=True)
+    return phase
+
+
+def register_untrained(spec: ModelSpec) -> str:
+    run_id = tracking.start_run("bench-serve", "serve-load", {"model": spec.architecture}, {})
+    example = np.zeros((2, spec.image_size, spec.image_size), dtype=np.uint8)
+    if spec.in_channels == 3:
+        example = np.zeros((2, spec.image_size, spec.image_size, 3), dtype=np.uint8)
+    uri = tracking.log_model(run_id, cpu_state_dict(build_model(spec)), spec, example)
+    version = tracking.register_model(uri, MODEL_NAME)
+    tracking.set_alias(MODEL_NAME, "champion", version)
+    return f"models:/{MODEL_NAME}/{version}"
+
+
+def application(batching: bool) -> Any:
+    """serve.app as serve/config.yaml configures it, with one Classifier replica; without
+    batching, max_batch_size 1."""
+    config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    options = {d.pop("name"): d for d in config["applications"][0]["deployments"]}
+    classifier = options["Classifier"]
+    classifier.pop("autoscaling_config")
+    classifier["num_replicas"] = 1
+    classifier["user_config"]["model_name"] = MODEL_NAME
+    if not batching:
+        classifier["user_config"]["max_batch_size"] = 1
+    api = cast(Any, served.ClassifierAPI).options(**options["ClassifierAPI"])
+    return api.bind(cast(Any, served.ModelServer).options(**classifier).bind())
+
+
+def bare_rps(
+    model_uri: str, shape: tuple[int, ...], batch_counts: dict[int, int], repeats: int
+) -> float:
+    """Images per second of the bare forward pass over the same mix of batch sizes."""
+    torch.set_num_threads(1)  # the replica's share: Ray sets OMP_NUM_THREADS from its CPUs
+    classifier = tracking.load_classifier(model_uri)
+    rng = np.random.default_rng(0)
+    seconds = 0.0
+    for size, count in batch_counts.items():
+        images = rng.integers(0, 256, (size, *shape), dtype=np.uint8)
+        classifier.predict_proba(images)  # warm-up
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            classifier.predict_proba(images)
+            times.append(time.perf_counter() - started)
+        seconds += count * statistics.median(times)
+    return sum(size * count for size, count in batch_counts.items()) / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="10 s per phase instead of 30 s")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent client threads")
+    parser.add_argument("--model", default="resnet18", help="architecture to serve")
+    parser.add_argument(
+        "--dataset",
+        default="digits",
+        choices=["digits", "cifar10"],
+        help="input shape and classes: digits (1x8x8, a real digit posted) or cifar10 "
+        "(3x32x32, a random picture posted)",
+    )
+    parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="Ray logical CPUs")
+    args = parser.parse_args()
+    seconds, warmup = (10.0, 2.0) if args.quick else (30.0, 5.0)
+
+    import ray
+    from ray import serve
+
+    from tests.support import free_port
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench.db"
+        os.environ["PYTHONPATH"] = str(REPO)
+        spec = ModelSpec.for_dataset(args.model, DATASETS[args.dataset])
+        model_uri = register_untrained(spec)
+        if args.dataset == "digits":
+            image = png_bytes(load_dataset("digits").x_test[0, 0].numpy())
+        else:
+            image = png_bytes(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8))
+        port = free_port()
+        # address="local": a private cluster, never one another user started on this machine.
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            phases: dict[str, Phase] = {}
+            counts: dict[int, int] = {}
+            for batching in (True, False):
+                name = "batching_on" if batching else "batching_off"
+                serve.run(application(batching), name="classifier", route_prefix="/")
+                drive(port, image, args.clients, warmup, "warm-up")
+                handle = serve.get_deployment_handle("Classifier", "classifier")
+                before = handle.batch_size_counts.remote().result()
+                phases[name] = drive(port, image, args.clients, seconds, name)
+                after = handle.batch_size_counts.remote().result()
+                if batching:
+                    counts = {
+                        s: n - before.get(s, 0) for s, n in after.items() if n > before.get(s, 0)
+                    }
+                    # One client alone: what the batching wait costs an idle service.
+                    phases["idle"] = drive(port, image, 1, warmup, "idle")
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+        shape = (spec.in_channels, spec.image_size, spec.image_size)
+        bare = bare_rps(model_uri, shape, counts, repeats=20)
+
+    on, off = phases["batching_on"].summary(), phases["batching_off"].summary()
+    idle = phases["idle"].summary()
+    mean_batch = sum(s * n for s, n in counts.items()) / max(sum(counts.values()), 1)
+    print(f"batch sizes formed with batching on: {dict(sorted(counts.items()))}")
+    print(
+        f"served {on['rps']:.0f} img/s (p50 {on['p50_ms']:.1f} ms, p99 {on['p99_ms']:.1f} ms, "
+        f"{on['errors']} errors); unbatched {off['rps']:.0f} img/s; bare model {bare:.0f} img/s "
+        f"at the same batch sizes (mean {mean_batch:.1f}); one idle client: p50 "
+        f"{idle['p50_ms']:.1f} ms"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "serve_load",
+                "model": args.model,
+                "dataset": args.dataset,
+                "clients": args.clients,
+                "seconds_per_phase": seconds,
+                "cpus": os.cpu_count(),
+                "project_rps": round(on["rps"], 1),
+                "p50_ms": round(on["p50_ms"], 2),
+                "p99_ms": round(on["p99_ms"], 2),
+                "errors": on["errors"] + off["errors"] + idle["errors"],
+                "idle_p50_ms": round(idle["p50_ms"], 2),
+                "unbatched_rps": round(off["rps"], 1),
+                "unbatched_p50_ms": round(off["p50_ms"], 2),
+                "unbatched_p99_ms": round(off["p99_ms"], 2),
+                "mean_batch_size": round(mean_batch, 2),
+                "baseline_rps": round(bare, 1),
+                "ratio": round(on["rps"] / bare, 3),
+                "batching_ratio": round(on["rps"] / off["rps"], 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

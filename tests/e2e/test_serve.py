@@ -1,0 +1,404 @@
+"""The classifier service over real HTTP: serve/config.yaml deployed with `serve deploy` on the
+session Ray cluster (token auth), models registered on the session MLflow server.
+
+The module deploys once; the tests share it in file order and the alias/pin swaps come last.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from app import tracking
+from app.data import load_dataset
+from serve.client import ServeClient, png_bytes
+from tests.conftest import BIN, REPO, MlflowServer, RayCluster
+from tests.model_factory import digits_state, log_digits_model
+from tests.support import free_port, http_ok, wait_for
+from tests.unit.test_preprocessing import encode, png_header_only
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+MODEL_NAME = "e2e-serve-digits"
+# Tight bounds so the oversize cases stay small.
+MAX_IMAGE_BYTES = 64 * 1024
+MAX_PIXELS = 1_000_000
+MAX_BATCH_IMAGES = 8
+
+
+@dataclass
+class Registered:
+    """Two registered versions of one briefly trained model, and its own test predictions."""
+
+    run_id: str
+    test_accuracy: float
+    probabilities: torch.Tensor  # the registered model's own, on the digits test split
+    pngs: list[bytes]
+    labels: list[str]
+
+
+@dataclass
+class Service:
+    url: str
+    config: dict[str, Any]
+    config_path: Path
+    env: dict[str, str]
+    dashboard: str
+    loaded_at: str = ""
+
+    def deploy(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        serve_cli(["deploy", "--address", self.dashboard, str(self.config_path)], self.env)
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        app = self.config["applications"][0]
+        found: dict[str, Any] = next(d for d in app["deployments"] if d["name"] == name)
+        return found
+
+
+def serve_cli(args: list[str], env: dict[str, str]) -> None:
+    subprocess.run(
+        [str(BIN / "serve"), *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def registered(mlflow_server: MlflowServer) -> Iterator[Registered]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+        splits = load_dataset("digits")
+        run_id, accuracy = log_digits_model(digits_state(epochs=4), "e2e-serve", splits)
+        for version in ("1", "2"):
+            assert tracking.register_model(f"runs:/{run_id}/model", MODEL_NAME) == version
+        tracking.set_alias(MODEL_NAME, "champion", "1")
+        classifier = tracking.load_classifier(f"models:/{MODEL_NAME}/1")
+        yield Registered(
+            run_id,
+            accuracy,
+            classifier.predict_proba(splits.x_test),
+            [png_bytes(image[0].numpy()) for image in splits.x_test],
+            [splits.info.classes[y] for y in splits.y_test],
+        )
+
+
+def service_config(port: int) -> dict[str, Any]:
+    """serve/config.yaml as shipped, pointed at this test's model, port and bounds."""
+    config: dict[str, Any] = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    config["http_options"].update(host="127.0.0.1", port=port)
+    app = config["applications"][0]
+    deployments = {d["name"]: d for d in app["deployments"]}
+    deployments["ClassifierAPI"]["user_config"].update(
+        max_image_bytes=MAX_IMAGE_BYTES, max_pixels=MAX_PIXELS, max_batch_images=MAX_BATCH_IMAGES
+    )
+    classifier = deployments["Classifier"]
+    classifier["user_config"].update(model_name=MODEL_NAME, poll_interval_s=0.5)
+    # One replica: the cluster's 4 logical CPUs are shared with the other tests.
+    classifier["autoscaling_config"].update(min_replicas=1, max_replicas=1)
+    return config
+
+
+@pytest.fixture(scope="module")
+def service(
+    ray_cluster: RayCluster, registered: Registered, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    port = free_port()
+    service = Service(
+        f"http://127.0.0.1:{port}",
+        service_config(port),
+        tmp_path_factory.mktemp("serve") / "config.yaml",
+        ray_cluster.env,
+        ray_cluster.dashboard,
+    )
+    try:
+        service.deploy()
+        wait_for(lambda: http_ok(f"{service.url}/health"), 300, "the service's /health")
+        service.loaded_at = requests.get(f"{service.url}/model", timeout=10).json()["loaded_at"]
+        yield service
+    finally:
+        serve_cli(["shutdown", "-y", "--address", ray_cluster.dashboard], ray_cluster.env)
+
+
+# ---------------------------------------------------------------------------------------------
+# Predictions
+
+
+def test_held_out_digits_are_classified_like_the_registered_model(
+    service: Service, registered: Registered
+) -> None:
+    client = ServeClient(service.url)
+    served: list[dict[str, Any]] = []
+    for start in range(0, len(registered.pngs), MAX_BATCH_IMAGES):
+        served += client.predict_batch(registered.pngs[start : start + MAX_BATCH_IMAGES])
+    own = registered.probabilities
+    assert [p["class_index"] for p in served] == own.argmax(1).tolist()
+    accuracy = np.mean([p["label"] == y for p, y in zip(served, registered.labels, strict=True)])
+    assert accuracy == pytest.approx(registered.test_accuracy)
+    assert accuracy >= 0.8  # the model learned: the equality above is not chance agreement
+    confidences = [p["confidence"] for p in served]
+    assert confidences == pytest.approx(own.max(1).values.tolist(), abs=1e-4)
+
+
+def test_single_raw_single_multipart_and_batch_agree(
+    service: Service, registered: Registered
+) -> None:
+    images = registered.pngs[:MAX_BATCH_IMAGES]
+    client = ServeClient(service.url)
+    batch = client.predict_batch(images, top_k=10)
+    for image, from_batch in zip(images, batch, strict=True):
+        raw = client.predict(image, top_k=10)
+        response = requests.post(
+            f"{service.url}/predict",
+            files={"file": ("digit.png", image, "image/png")},
+            params={"top_k": 10},
+            timeout=30,
+        )
+        assert response.status_code == 200
+        for other in (response.json(), from_batch):
+            assert other["class_index"] == raw["class_index"] and other["label"] == raw["label"]
+            ranked = [(c["class_index"], c["probability"]) for c in other["top_k"]]
+            expected = [(c["class_index"], c["probability"]) for c in raw["top_k"]]
+            assert [i for i, _ in ranked] == [i for i, _ in expected]
+            assert [p for _, p in ranked] == pytest.approx([p for _, p in expected], abs=1e-5)
+        probabilities = [c["probability"] for c in raw["top_k"]]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert sum(probabilities) == pytest.approx(1, abs=1e-4)
+    assert len(client.predict(images[0])["top_k"]) == 3  # the default top-k
+
+
+def test_model_endpoint_reports_the_served_version(
+    service: Service, registered: Registered
+) -> None:
+    info = ServeClient(service.url).model()
+    assert (info["name"], info["version"], info["alias"]) == (MODEL_NAME, "1", "champion")
+    assert info["run_id"] == registered.run_id
+    assert info["metrics"]["test_accuracy"] == pytest.approx(registered.test_accuracy)
+    assert info["device"] == "cpu" and info["precision"] == "float32"
+    assert info["last_error"] is None
+    assert info["input_shape"] == [1, 8, 8] and info["classes"] == [str(d) for d in range(10)]
+    assert datetime.fromisoformat(info["loaded_at"]).tzinfo is not None
+    prediction = ServeClient(service.url).predict(registered.pngs[0])
+    assert prediction["model"] == {"name": MODEL_NAME, "version": "1", "alias": "champion"}
+
+
+def test_health_and_openapi(service: Service) -> None:
+    health = requests.get(f"{service.url}/health", timeout=10)
+    assert health.status_code == 200 and health.json()["model"]["version"] == "1"
+    assert requests.get(f"{service.url}/docs", timeout=10).status_code == 200
+    paths = requests.get(f"{service.url}/openapi.json", timeout=10).json()["paths"]
+    assert {"/predict", "/predict/batch", "/model", "/health"} <= set(paths)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a 4xx with a JSON body, and the replica keeps serving
+
+
+def encoded(fmt: str, size: int = 64) -> bytes:
+    noise = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return encode(Image.fromarray(noise), fmt)
+
+
+def multipart(boundary: str, body: bytes) -> dict[str, Any]:
+    return {"data": body, "headers": {"Content-Type": f"multipart/form-data; boundary={boundary}"}}
+
+
+PNG = encoded("PNG")
+BAD_INPUTS: dict[str, tuple[str, dict[str, Any], int, str]] = {
+    "empty body": ("/predict", {"data": b""}, 400, "empty_input"),
+    "non-image bytes": (
+        "/predict",
+        {"data": b"%!PS-Adobe-3.0 not an image"},
+        415,
+        "unsupported_format",
+    ),
+    "truncated png": ("/predict", {"data": PNG[: len(PNG) // 2]}, 422, "corrupt_image"),
+    "too many pixels": ("/predict", {"data": png_header_only(1001, 1000)}, 413, "too_many_pixels"),
+    "decompression bomb": (
+        "/predict",
+        {"data": png_header_only(30_000, 30_000)},
+        413,
+        "too_many_pixels",
+    ),
+    "oversize body": ("/predict", {"data": b"\x89PNG" + bytes(MAX_IMAGE_BYTES)}, 413, "too_large"),
+    "oversize chunked body": (
+        "/predict",
+        {"data": iter([b"\x89PNG", bytes(MAX_IMAGE_BYTES)])},  # no Content-Length: streamed
+        413,
+        "too_large",
+    ),
+    "oversize multipart file": (
+        "/predict",
+        {"files": {"file": ("big.png", bytes(MAX_IMAGE_BYTES * 3))}},
+        413,
+        "too_large",
+    ),
+    "gif": ("/predict", {"data": encoded("GIF")}, 415, "unsupported_format"),
+    "tiff": (
+        "/predict",
+        {"files": {"file": ("a.tif", encoded("TIFF", 16))}},
+        415,
+        "unsupported_format",
+    ),
+    "bad image in a batch": (
+        "/predict/batch",
+        {"files": [("files", ("a.png", PNG)), ("files", ("b.gif", encoded("GIF")))]},
+        415,
+        "unsupported_format",
+    ),
+    "batch over the limit": (
+        "/predict/batch",
+        {"files": [("files", (f"{i}.png", PNG)) for i in range(MAX_BATCH_IMAGES + 1)]},
+        413,
+        "too_many_files",
+    ),
+    "batch not multipart": ("/predict/batch", {"data": PNG}, 400, "malformed_multipart"),
+    "multipart without boundary": (
+        "/predict",
+        {"data": b"abc", "headers": {"Content-Type": "multipart/form-data"}},
+        400,
+        "malformed_multipart",
+    ),
+    "multipart garbage": (
+        "/predict",
+        multipart("xyz", b"\x00\x01 garbage --xyz--"),
+        400,
+        "malformed_multipart",
+    ),
+    "multipart without the file field": (
+        "/predict",
+        {"files": {"image": ("a.png", PNG)}},
+        400,
+        "missing_file",
+    ),
+    "file field as text": (
+        "/predict",
+        {"data": {"file": "not a file"}, "files": {"x": ("x", b"")}},
+        400,
+        "missing_file",
+    ),
+    "top_k out of range": (
+        "/predict",
+        {"data": PNG, "params": {"top_k": 0}},
+        422,
+        "invalid_parameter",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("route", "request_args", "status", "code"), BAD_INPUTS.values(), ids=list(BAD_INPUTS)
+)
+def test_bad_input_is_a_4xx_json_error_and_the_replica_stays_up(
+    service: Service, route: str, request_args: dict[str, Any], status: int, code: str
+) -> None:
+    response = requests.post(f"{service.url}{route}", timeout=30, **request_args)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert (body["error"], body["status"]) == (code, status) and body["detail"]
+    assert http_ok(f"{service.url}/health")
+    # Still the replica that started with the module: none crashed and was replaced.
+    assert requests.get(f"{service.url}/model", timeout=10).json()["loaded_at"] == service.loaded_at
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-downtime swaps (last: they change what is served)
+
+
+@dataclass
+class SteadyClient:
+    """Posts one digit continuously from a thread; records every outcome in order."""
+
+    url: str
+    image: bytes
+    versions: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with requests.Session() as session:
+            while not self.stop.is_set():
+                try:
+                    response = session.post(f"{self.url}/predict", data=self.image, timeout=30)
+                except requests.RequestException as exc:
+                    self.failures.append(repr(exc))
+                    continue
+                if response.status_code == 200:
+                    self.versions.append(response.json()["model"]["version"])
+                else:
+                    self.failures.append(f"{response.status_code}: {response.text[:200]}")
+
+    def served(self, version: str, count: int) -> bool:
+        """At least ``count`` answers from ``version`` since the last different one."""
+        tail = self.versions[-count:]
+        return len(tail) == count and all(v == version for v in tail)
+
+
+def segments(versions: list[str]) -> list[str]:
+    return [v for i, v in enumerate(versions) if i == 0 or versions[i - 1] != v]
+
+
+def test_alias_move_and_user_config_pin_swap_with_zero_failed_requests(
+    service: Service, registered: Registered, mlflow_server: MlflowServer
+) -> None:
+    steady = SteadyClient(service.url, registered.pngs[0])
+    thread = threading.Thread(target=steady.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: steady.served("1", 20), 60, "answers from version 1")
+        # A promotion: the alias moves in the registry; the replica's poller follows it.
+        MlflowClient(mlflow_server.uri).set_registered_model_alias(MODEL_NAME, "champion", "2")
+        wait_for(lambda: steady.served("2", 20), 60, "answers from version 2 after the alias move")
+        # An explicit switch: `serve deploy` with only the user_config changed (no restart).
+        service.deployment("Classifier")["user_config"]["model_version"] = 1
+        service.deploy()
+        wait_for(lambda: steady.served("1", 20), 120, "answers from version 1 after the pin")
+    finally:
+        steady.stop.set()
+        thread.join(60)
+    assert steady.failures == []
+    assert segments(steady.versions) == ["1", "2", "1"]
+    info = ServeClient(service.url).model()
+    assert (info["version"], info["alias"], info["last_error"]) == ("1", None, None)
+
+
+def test_environment_pins_a_run_over_the_user_config(
+    service: Service, registered: Registered
+) -> None:
+    # The user_config still pins version 1; MODEL_RUN_ID in the replicas' environment wins, and
+    # the run's newest registered version (2) is reported.
+    env = {"MODEL_RUN_ID": registered.run_id}
+    service.config["applications"][0]["runtime_env"] = {"env_vars": env}
+    service.deploy()
+
+    def model() -> dict[str, Any] | None:
+        try:
+            response = requests.get(f"{service.url}/model", timeout=10)
+        except requests.RequestException:
+            return None  # the replicas restart for a new environment
+        if not response.ok:
+            return None
+        info: dict[str, Any] = response.json()
+        return info if info["model_uri"].startswith("runs:/") else None
+
+    info = wait_for(model, 180, "the model of MODEL_RUN_ID")
+    assert info["model_uri"] == f"runs:/{registered.run_id}/model"
+    assert (info["version"], info["alias"]) == ("2", None)
