@@ -47,34 +47,28 @@ class _Dimension(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LogUniform(_Dimension):
-    type: Literal["loguniform"]
-    low: float = Field(gt=0)
-    high: float = Field(gt=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> LogUniform:
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        return self
-
-    def bounds(self) -> list[Any]:
-        return [self.low, self.high]
-
-
-class Uniform(_Dimension):
-    type: Literal["uniform"]
+class _Range(_Dimension):
     low: float
     high: float
 
     @model_validator(mode="after")
-    def _ordered(self) -> Uniform:
+    def _ordered(self) -> _Range:
         if self.low >= self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         return self
 
     def bounds(self) -> list[Any]:
         return [self.low, self.high]
+
+
+class LogUniform(_Range):
+    type: Literal["loguniform"]
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+
+
+class Uniform(_Range):
+    type: Literal["uniform"]
 
 
 class Choice(_Dimension):
