@@ -55,7 +55,7 @@ class TrainConfig(JobConfig):
     warmup_epochs: float = Field(
         1.0, ge=0, le=100, description="linear warm-up length (onecycle and cosine)"
     )
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="cross-entropy label smoothing")
     num_workers: int = Field(2, ge=1, le=4096, description="Ray Train workers (DDP ranks)")
     use_gpu: bool = Field(False, description="one GPU per worker")
     cpus_per_worker: float = Field(1.0, gt=0, le=256, description="logical CPUs per worker")

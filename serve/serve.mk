@@ -5,6 +5,8 @@ SERVE_CONFIG ?= serve/config.yaml
 SERVE_URL ?= http://127.0.0.1:8000
 SERVE_RUN_DIR ?= results/serve
 SERVE_WAIT_S ?= 180
+# Which cluster `serve run` joins: the local one by default, or host:port when several run.
+SERVE_RAY_ADDRESS ?= auto
 SERVE_PID := $(SERVE_RUN_DIR)/serve-run.pid
 SERVE_LOG := $(SERVE_RUN_DIR)/serve-run.log
 
@@ -15,7 +17,7 @@ serve-up: $(STAMP) ## start the classifier service on the running cluster (backg
 	@if [ -f $(SERVE_PID) ] && kill -0 "$$(cat $(SERVE_PID))" 2>/dev/null; then \
 		echo "serve run already running (pid $$(cat $(SERVE_PID))): make serve-down first"; \
 		exit 1; fi
-	nohup $(BIN)/serve run --address auto --working-dir . $(SERVE_CONFIG) \
+	nohup $(BIN)/serve run --address $(SERVE_RAY_ADDRESS) --working-dir . $(SERVE_CONFIG) \
 		> $(SERVE_LOG) 2>&1 & echo $$! > $(SERVE_PID)
 	@for _ in $$(seq $(SERVE_WAIT_S)); do \
 		if curl -fs $(SERVE_URL)/health > /dev/null; then \

@@ -18,6 +18,8 @@ MODEL_NAME="${MODEL_NAME:-digits-classifier}"
 RUN_DIR=results/demo
 export MLFLOW_TRACKING_URI="http://127.0.0.1:${MLFLOW_PORT}"
 DASHBOARD="http://127.0.0.1:${DASHBOARD_PORT}"
+# Every process of the cluster knows which cluster it is in, even when others run here.
+export RAY_ADDRESS="127.0.0.1:${RAY_PORT}"
 mkdir -p "$RUN_DIR"
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -60,7 +62,8 @@ step "Promotion gated by evaluation: @challenger -> @champion"
   --results-json "$RUN_DIR/promote.json"
 
 step "Ray Serve: the classifier serving models:/${MODEL_NAME}@champion"
-make --no-print-directory serve-up
+make --no-print-directory serve-up SERVE_RAY_ADDRESS="127.0.0.1:${RAY_PORT}" \
+  RAY_DASHBOARD="$DASHBOARD"
 make --no-print-directory serve-smoke
 
 cat <<EOF

@@ -64,7 +64,7 @@ if ((DRY_RUN)) || ! aws ecr describe-images --repository-name "${ray_repo#*/}" \
     aws ecr get-login-password | docker login --username AWS --password-stdin "${ray_repo%%/*}"
   fi
   run docker build -f "${REPO_ROOT}/cluster/docker/Dockerfile" \
-    --build-arg "GIT_COMMIT=$(git -C "${REPO_ROOT}" rev-parse HEAD)" -t "${RAYVISION_IMAGE}" "${REPO_ROOT}"
+    --build-arg "GIT_COMMIT=${commit}" -t "${RAYVISION_IMAGE}" "${REPO_ROOT}"
   run docker push "${RAYVISION_IMAGE}"
 fi
 
