@@ -60,8 +60,9 @@ def tracking_uri() -> str:
 def configure() -> str:
     """Point this process's MLflow client at the tracking URI; return it."""
     uri = tracking_uri()
+    # Only the tracking URI: the registry follows it. A process-wide registry URI would also
+    # redirect every other MlflowClient in the process that names only its tracking server.
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     return uri
 
 
