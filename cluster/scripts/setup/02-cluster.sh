@@ -55,18 +55,7 @@ log "the Ray image"
 commit="$(capture commit git -C "${REPO_ROOT}" rev-parse --short HEAD)"
 ray_repo="$(tf_output ray_image_repository)"
 export RAYVISION_IMAGE="${ray_repo}:2.60.0-${commit}"
-# Tags are immutable in ECR: an image for this commit is never rebuilt.
-if ((DRY_RUN)) || ! aws ecr describe-images --repository-name "${ray_repo#*/}" \
-  --image-ids "imageTag=${RAYVISION_IMAGE##*:}" >/dev/null 2>&1; then
-  if ((DRY_RUN)); then
-    show aws ecr get-login-password '|' docker login --username AWS --password-stdin "${ray_repo%%/*}"
-  else
-    aws ecr get-login-password | docker login --username AWS --password-stdin "${ray_repo%%/*}"
-  fi
-  run docker build -f "${REPO_ROOT}/cluster/docker/Dockerfile" \
-    --build-arg "GIT_COMMIT=${commit}" -t "${RAYVISION_IMAGE}" "${REPO_ROOT}"
-  run docker push "${RAYVISION_IMAGE}"
-fi
+build_and_push "${RAYVISION_IMAGE}" cluster/docker/Dockerfile --build-arg "GIT_COMMIT=${commit}"
 
 log "namespace ${RAY_NAMESPACE}: config and secrets"
 apply_generated kubectl create namespace "${RAY_NAMESPACE}"

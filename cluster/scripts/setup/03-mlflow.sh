@@ -18,17 +18,7 @@ commit="$(capture commit git -C "${REPO_ROOT}" rev-parse --short HEAD)"
 mlflow_image_tag="3.17.2-${commit}"
 
 log "the MLflow image"
-if ((DRY_RUN)) || ! aws ecr describe-images --repository-name "${mlflow_repo#*/}" \
-  --image-ids "imageTag=${mlflow_image_tag}" >/dev/null 2>&1; then
-  if ((DRY_RUN)); then
-    show aws ecr get-login-password '|' docker login --username AWS --password-stdin "${mlflow_repo%%/*}"
-  else
-    aws ecr get-login-password | docker login --username AWS --password-stdin "${mlflow_repo%%/*}"
-  fi
-  run docker build -f "${REPO_ROOT}/cluster/docker/mlflow.Dockerfile" \
-    -t "${mlflow_repo}:${mlflow_image_tag}" "${REPO_ROOT}"
-  run docker push "${mlflow_repo}:${mlflow_image_tag}"
-fi
+build_and_push "${mlflow_repo}:${mlflow_image_tag}" cluster/docker/mlflow.Dockerfile
 
 log "namespace ${MLFLOW_NAMESPACE}: credentials"
 apply_generated kubectl create namespace "${MLFLOW_NAMESPACE}"

@@ -274,3 +274,20 @@ port_forward() {
 }
 PORT_FORWARD_PIDS=()
 
+# build_and_push IMAGE DOCKERFILE [docker build args...]: build and push IMAGE (repo:tag in ECR)
+# unless that tag is already there. ECR tags are immutable: an image is never rebuilt.
+build_and_push() {
+  local image="$1" dockerfile="$2"
+  shift 2
+  local repo="${image%:*}"
+  if ((DRY_RUN)) || ! aws ecr describe-images --repository-name "${repo#*/}" \
+    --image-ids "imageTag=${image##*:}" >/dev/null 2>&1; then
+    if ((DRY_RUN)); then
+      show aws ecr get-login-password '|' docker login --username AWS --password-stdin "${repo%%/*}"
+    else
+      aws ecr get-login-password | docker login --username AWS --password-stdin "${repo%%/*}"
+    fi
+    run docker build -f "${REPO_ROOT}/${dockerfile}" "$@" -t "${image}" "${REPO_ROOT}"
+    run docker push "${image}"
+  fi
+}
