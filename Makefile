@@ -119,6 +119,8 @@ mlflow-ui: $(STAMP) ## MLflow UI + tracking server on a local SQLite store (fore
 
 .PHONY: ray-up
 ray-up: $(STAMP) ## start a local Ray head (dashboard on 127.0.0.1:8265) logging to MLFLOW_TRACKING_URI
+	@# A token-auth head needs ~/.ray/auth_token; --generate keeps an existing one (stdout: the token).
+	$(BIN)/ray get-auth-token --generate >/dev/null
 	MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI) $(BIN)/ray start --head --dashboard-host 127.0.0.1
 
 .PHONY: ray-down
