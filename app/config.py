@@ -26,6 +26,10 @@ ModelName = Literal["resnet18", "mobilenet_v3_small", "mobilenet_v3_large"]
 # MLflow registered-model names: letters, digits and - _ . (no slashes, no spaces).
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+# Default batch sizes, and the learning rate that goes with CPU_BATCH_SIZE images per step.
+CPU_BATCH_SIZE = 64
+GPU_BATCH_PER_WORKER = 256
+BASE_LR = 0.05
 
 
 class JobConfig(BaseModel):
@@ -43,10 +47,20 @@ class TrainConfig(JobConfig):
     model: ModelName = Field("resnet18", description="architecture (torchvision, small-image stem)")
     epochs: int = Field(10, ge=1, le=10_000, description="training epochs")
     batch_size: int = Field(
-        64, ge=1, le=65_536, description="global batch size, split evenly across workers"
+        CPU_BATCH_SIZE,
+        ge=1,
+        le=65_536,
+        description="global batch size, split evenly across workers; unset with --use-gpu: "
+        f"{GPU_BATCH_PER_WORKER} per worker",
     )
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="optimizer")
-    lr: float = Field(0.05, gt=0, le=10, description="peak learning rate")
+    lr: float = Field(
+        BASE_LR,
+        gt=0,
+        le=10,
+        description=f"peak learning rate; unset, {BASE_LR} per {CPU_BATCH_SIZE} images of "
+        "global batch (linear scaling)",
+    )
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (AdamW beta1)")
     weight_decay: float = Field(5e-4, ge=0, lt=1, description="weight decay")
     lr_schedule: Literal["onecycle", "cosine", "step", "constant"] = Field(
@@ -64,6 +78,9 @@ class TrainConfig(JobConfig):
     )
     mixed_precision: Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="autocast on GPU: auto = bf16 where supported, else fp16"
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model; its compile time is logged apart"
     )
     log_every_n_batches: int = Field(
         10, ge=1, le=1_000_000, description="batch-level metrics every N optimizer steps"
@@ -93,6 +110,16 @@ class TrainConfig(JobConfig):
     max_failures: int = Field(
         2, ge=-1, le=1000, description="worker-group restarts from the latest checkpoint"
     )
+
+    @model_validator(mode="after")
+    def _device_defaults(self) -> TrainConfig:
+        """A GPU is fed bigger batches, and the learning rate follows the batch (the linear
+        scaling rule, Goyal et al. 2017, with the warm-up the schedules already have)."""
+        if "batch_size" not in self.model_fields_set and self.use_gpu:
+            self.batch_size = GPU_BATCH_PER_WORKER * self.num_workers
+        if "lr" not in self.model_fields_set:
+            self.lr = BASE_LR * self.batch_size / CPU_BATCH_SIZE
+        return self
 
     @model_validator(mode="after")
     def _batch_fits_workers(self) -> TrainConfig:

@@ -57,6 +57,19 @@ def test_cross_field_rules() -> None:
     assert cfg.per_worker_batch_size == 16
 
 
+def test_gpu_default_batch_and_linearly_scaled_learning_rate() -> None:
+    cpu = merge_config(TrainConfig, {}, env={})
+    assert (cpu.batch_size, cpu.lr) == (64, 0.05)
+    gpu = merge_config(TrainConfig, {"use_gpu": "true", "num_workers": "2"}, env={})
+    assert (gpu.batch_size, gpu.lr) == (512, pytest.approx(0.4))  # 256 a GPU, 0.05 per 64
+    bigger = merge_config(TrainConfig, {"batch_size": "128"}, env={})
+    assert bigger.lr == pytest.approx(0.1)
+    chosen = merge_config(TrainConfig, {"use_gpu": "true", "lr": "0.01"}, env={})
+    assert (chosen.batch_size, chosen.lr) == (512, 0.01)  # an explicit lr is kept
+    # The resolved values travel to the workers as set fields: no second scaling there.
+    assert TrainConfig.model_validate(gpu.model_dump(mode="json")) == gpu
+
+
 def test_registered_name_is_validated() -> None:
     with pytest.raises(ConfigError, match="--register-as"):
         merge_config(TrainConfig, {"register_as": "bad name/with slash"}, env={})
