@@ -14,6 +14,7 @@ On-disk formats are the published ones, read by our own readers:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 
@@ -405,28 +406,32 @@ def load_dataset(
 # Batch transforms: the same code on CPU and GPU, for training, evaluation and serving
 
 
+@functools.cache
+def _channel_stats(info: DatasetInfo, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Built once per device: a host-to-device copy per batch would stall a GPU's queue.
+    mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
+    return mean, std
+
+
 def normalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float32, scaled to [0, 1] and standardised per channel."""
-    mean = torch.tensor(info.mean, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(info.std, device=images.device).view(1, -1, 1, 1)
+    mean, std = _channel_stats(info, images.device)
     return (images.float().div_(255) - mean) / std
 
 
 def augment(
     images: torch.Tensor, info: DatasetInfo, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, vectorised over the batch."""
+    """Random crop with zero padding and random horizontal flip, vectorised over the batch.
+    Random draws happen on the images' device (or the generator's), so a GPU batch needs no
+    copy from the host."""
     n, _, h, w = images.shape
     pad = info.crop_padding
+    draw_on = generator.device if generator else images.device
     if pad:
         padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-        offsets = torch.randint(
-            0,
-            2 * pad + 1,
-            (2, n),
-            generator=generator,
-            device=generator.device if generator else "cpu",
-        )
+        offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=draw_on)
         offsets = offsets.to(images.device)
         rows = (torch.arange(h, device=images.device)[None] + offsets[0, :, None])[:, None, :, None]
         cols = (torch.arange(w, device=images.device)[None] + offsets[1, :, None])[:, None, None, :]
@@ -434,9 +439,6 @@ def augment(
         channels = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
         images = padded[batch, channels, rows, cols]
     if info.flip:
-        flip = (
-            torch.rand(n, generator=generator, device=generator.device if generator else "cpu")
-            < 0.5
-        )
+        flip = torch.rand(n, generator=generator, device=draw_on) < 0.5
         images = torch.where(flip.to(images.device)[:, None, None, None], images.flip(3), images)
     return images

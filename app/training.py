@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -289,6 +289,52 @@ def _no_sync(model: nn.Module, skip: bool) -> contextlib.AbstractContextManager[
     return no_sync() if skip and no_sync is not None else contextlib.nullcontext()
 
 
+def warm_up_shapes(
+    n_train: int, n_val: int, ctx: WorkerContext, micro_bs: int
+) -> tuple[list[int], list[int]]:
+    """The distinct batch sizes this rank's loop will feed the model: (train, eval)."""
+    per_rank = n_train // ctx.world_size
+    eval_rows = len(range(ctx.rank, n_val, ctx.world_size))
+    train = {min(micro_bs, per_rank), per_rank % micro_bs}
+    evaluation = {min(2 * micro_bs, eval_rows), eval_rows % (2 * micro_bs)}
+    return sorted(train - {0}), sorted(evaluation - {0})
+
+
+def compile_model(
+    model: nn.Module,
+    data: DeviceData,
+    info: DatasetInfo,
+    shapes: tuple[list[int], list[int]],
+    precision: Precision,
+    channels_last: bool,
+) -> tuple[nn.Module, float]:
+    """torch.compile the model and compile it now, for every batch shape the loop will see, so
+    the compile time is measured apart and no recompile lands mid-epoch (static shapes: the
+    fastest kernels). The warm-up takes no optimizer step and its BatchNorm updates are undone,
+    so training starts from the same state as without it."""
+    compiled = cast(nn.Module, torch.compile(model, dynamic=False))
+    saved = {k: v.clone() for k, v in unwrap(model).state_dict().items()}
+    device = data.images.device
+    train_sizes, eval_sizes = shapes
+    started = time.perf_counter()
+    compiled.train()
+    for size in train_sizes:
+        images = prepare_batch(data.images[:size], info, True, channels_last)
+        with _autocast(device, precision):
+            logits = compiled(images)
+        nn.functional.cross_entropy(logits.float(), data.labels[:size]).backward()
+    compiled.eval()
+    with torch.inference_mode(), _autocast(device, precision):
+        for size in eval_sizes:
+            compiled(prepare_batch(data.images[:size], info, False, channels_last))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    unwrap(model).load_state_dict(saved)
+    model.zero_grad(set_to_none=True)
+    return compiled, seconds
+
+
 def train_worker(
     cfg: TrainConfig,
     splits: ImageSplits,
@@ -325,6 +371,13 @@ def train_worker(
     per_rank = len(train.labels) // ctx.world_size
     steps_per_epoch = math.ceil(math.ceil(per_rank / micro_bs) / cfg.grad_accum_steps)
     total_steps = steps_per_epoch * cfg.epochs
+    compile_metrics: dict[str, float] = {}
+    if cfg.compile:
+        shapes = warm_up_shapes(len(train.labels), len(val.labels), ctx, micro_bs)
+        model, seconds = compile_model(model, train, info, shapes, precision, channels_last)
+        compile_metrics = {"compile_seconds": seconds}
+        if ctx.rank == 0:
+            log(f"compiled the model in {seconds:.1f}s ({sum(map(len, shapes))} batch shapes)")
 
     start_epoch, global_step, history = 0, 0, []
     state = ctx.load_checkpoint()
@@ -342,9 +395,11 @@ def train_worker(
         started = time.perf_counter()
         order = shard_order(len(train.labels), epoch, cfg.seed, ctx.rank, ctx.world_size)
         batches = list(micro_batches(order.to(device), micro_bs))
-        # Running sums stay on the device: no host sync per step, only at log points.
-        epoch_sums = torch.zeros(3, dtype=torch.float64, device=device)
-        window = torch.zeros(3, dtype=torch.float64, device=device)
+        # Running sums (loss, correct) stay on the device: no host sync or copy per step, only
+        # at log points. Image counts are known on the host.
+        epoch_sums = torch.zeros(2, dtype=torch.float64, device=device)
+        window = torch.zeros(2, dtype=torch.float64, device=device)
+        epoch_count = window_count = 0
         for first in range(0, len(batches), cfg.grad_accum_steps):
             group = batches[first : first + cfg.grad_accum_steps]
             for i, idx in enumerate(group):
@@ -358,11 +413,12 @@ def train_worker(
                     [
                         loss.detach().double() * len(idx),
                         (logits.detach().argmax(1) == labels).sum().double(),
-                        torch.tensor(float(len(idx)), dtype=torch.float64, device=device),
                     ]
                 )
                 epoch_sums += stats
                 window += stats
+                epoch_count += len(idx)
+                window_count += len(idx)
             lr = lr_at(cfg, global_step, total_steps, steps_per_epoch)
             for param_group in optimizer.param_groups:
                 param_group["lr"] = lr
@@ -371,19 +427,22 @@ def train_worker(
             optimizer.zero_grad(set_to_none=True)
             global_step += 1
             if global_step % cfg.log_every_n_batches == 0:
-                loss_sum, correct, count = window.tolist()
+                loss_sum, correct = window.tolist()
+                seen = window_count
                 sink.log(
-                    {"batch_loss": loss_sum / count, "batch_accuracy": correct / count},
+                    {"batch_loss": loss_sum / seen, "batch_accuracy": correct / seen},
                     step=global_step,
                 )
                 window.zero_()
+                window_count = 0
 
-        epoch_sums = ctx.all_reduce_sum(epoch_sums)
+        # tolist() waits for the device, so the epoch time includes all queued GPU work.
+        totals = torch.cat([epoch_sums, epoch_sums.new_tensor([epoch_count])])
+        loss_sum, correct, count = ctx.all_reduce_sum(totals).tolist()
         seconds = time.perf_counter() - started
         val_loss, val_accuracy = evaluate_split(
             model, val, info, ctx, micro_bs * 2, precision, channels_last
         )
-        loss_sum, correct, count = epoch_sums.tolist()
         metrics = {
             "epoch": float(epoch + 1),
             "train_loss": loss_sum / count,
@@ -393,6 +452,7 @@ def train_worker(
             "lr": lr_at(cfg, max(global_step - 1, 0), total_steps, steps_per_epoch),
             "images_per_sec": count / seconds,
             "epoch_seconds": seconds,
+            **compile_metrics,
         }
         history.append(metrics)
         if ctx.rank == 0:
