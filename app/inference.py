@@ -36,6 +36,12 @@ def save_model_files(state: dict[str, torch.Tensor], spec: ModelSpec, folder: Pa
     return folder
 
 
+def serving_dtype(device: torch.device) -> torch.dtype:
+    """Serving computes in float16 on a GPU (twice the tensor-core rate, half the memory
+    traffic; top-1 agrees with float32 but for near-ties), float32 elsewhere."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
 @dataclass
 class Classifier:
     model: nn.Module
@@ -61,6 +67,13 @@ class Classifier:
             raise ModelLoadError(
                 f"weights do not match the {spec.architecture} spec: {exc}"
             ) from exc
+        return cls.on_device(model, spec, device)
+
+    @classmethod
+    def on_device(cls, model: nn.Module, spec: ModelSpec, device: torch.device) -> Classifier:
+        """``model`` in eval mode on ``device``."""
+        if device.type == "cuda":  # NHWC feeds tensor cores without per-layer transposes
+            model = model.to(memory_format=torch.channels_last)
         return cls(model.to(device).eval(), spec, device)
 
     @classmethod
@@ -85,6 +98,18 @@ class Classifier:
         return batch.contiguous()
 
     def predict_proba(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(N, ...) uint8 -> (N, classes) float32 probabilities, in full precision."""
         return predict_proba(
             self.model, self.to_nchw(images), self.spec.dataset_info(), device=self.device
         )
+
+    @property
+    def serving_dtype(self) -> torch.dtype:
+        return serving_dtype(self.device)
+
+    def serve_proba(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """What a Serve replica runs per batch: ``predict_proba`` at ``serving_dtype``."""
+        if self.serving_dtype == torch.float32:
+            return self.predict_proba(images)
+        with torch.autocast(self.device.type, dtype=self.serving_dtype):
+            return self.predict_proba(images)

@@ -12,7 +12,7 @@ digit; with ``--dataset cifar10`` a 32x32 colour picture for a CIFAR-sized model
 1. dynamic batching on (the config's max_batch_size and wait), then one client alone (the
    latency an idle service adds by waiting for a batch to fill);
 2. dynamic batching off (redeployed with max_batch_size 1 in the user_config);
-3. the bare model in this process: ``Classifier.predict_proba`` on uint8 batches of exactly the
+3. the bare model in this process: ``Classifier.serve_proba`` on uint8 batches of exactly the
    sizes the replica formed in phase 1, with one torch thread like the replica.
 
 Ratios: served / bare images per second (goal >= 0.5 on 2 CPU cores) and batching on / off
@@ -141,11 +141,11 @@ def bare_rps(
     seconds = 0.0
     for size, count in batch_counts.items():
         images = rng.integers(0, 256, (size, *shape), dtype=np.uint8)
-        classifier.predict_proba(images)  # warm-up
+        classifier.serve_proba(images)  # warm-up
         times = []
         for _ in range(repeats):
             started = time.perf_counter()
-            classifier.predict_proba(images)
+            classifier.serve_proba(images)
             times.append(time.perf_counter() - started)
         seconds += count * statistics.median(times)
     return sum(size * count for size, count in batch_counts.items()) / seconds

@@ -18,7 +18,6 @@ the class-based views Serve builds, and string annotations there stay unresolved
 """
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -190,20 +189,10 @@ class ServedModel:
             "alias": self.source.alias,
         }
 
-    def probabilities(self, images: np.ndarray) -> torch.Tensor:
-        """(N, C, H, W) uint8 -> (N, classes) float32; float16 compute on a GPU."""
-        device = self.classifier.device
-        precision = (
-            torch.autocast("cuda", dtype=torch.float16)
-            if device.type == "cuda"
-            else contextlib.nullcontext()
-        )
-        with precision:
-            return self.classifier.predict_proba(images)
-
     def self_test(self) -> None:
         """A tiny forward pass; raises when the model cannot predict."""
-        probabilities = self.probabilities(np.zeros((1, *self.input_shape), dtype=np.uint8))
+        blank = np.zeros((1, *self.input_shape), dtype=np.uint8)
+        probabilities = self.classifier.serve_proba(blank)
         if (
             not bool(torch.isfinite(probabilities).all())
             or abs(probabilities.sum().item() - 1) > 1e-2
@@ -355,7 +344,7 @@ class ModelServer:
             started = time.perf_counter()
             # In a thread: the event loop keeps admitting requests, which form the next batch.
             probabilities = await asyncio.to_thread(
-                served.probabilities, np.stack([requests[i][0] for i in fits])
+                served.classifier.serve_proba, np.stack([requests[i][0] for i in fits])
             )
             self._metrics.batch(served, len(fits), time.perf_counter() - started)
             self._batch_sizes[len(fits)] += 1
@@ -384,7 +373,7 @@ class ModelServer:
             "metrics": served.metrics,
             "loaded_at": served.loaded_at,
             "device": str(self._device),
-            "precision": "float16" if self._device.type == "cuda" else "float32",
+            "precision": str(served.classifier.serving_dtype).removeprefix("torch."),
             "architecture": spec.architecture,
             "dataset": spec.dataset,
             "classes": list(spec.classes),
