@@ -57,6 +57,15 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# What benchmarks/gpu_run.sh installs on a GPU machine without network (Python 3.12 there).
+GPU_WHEELS := pydantic pydantic-core annotated-types typing-extensions typing-inspection pyyaml \
+	numpy safetensors pytest pluggy iniconfig packaging pygments
+.PHONY: gpu-wheels
+gpu-wheels: ## download the wheels benchmarks/gpu_run.sh needs into .gpu-wheels/
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d .gpu-wheels \
+		$(shell grep -E "^($(subst $(eval) ,|,$(GPU_WHEELS)))==" requirements-dev.lock)
+
 .PHONY: security
 security: $(STAMP) ## bandit on the code, pip-audit on the locked dependencies
 	$(BIN)/bandit -q -c pyproject.toml -r app jobs serve cluster -ll

@@ -25,33 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-from torch import nn
 
 from app.config import TrainConfig
-from app.data import ImageSplits, augment, load_dataset, normalize
-from app.models import ModelSpec, build_model
-
-
-def plain_epochs(cfg: TrainConfig, splits: ImageSplits) -> list[float]:
-    """A hand-written loop: shuffle, slice, augment, normalise, forward, backward, step."""
-    torch.manual_seed(cfg.seed)
-    model = build_model(ModelSpec.for_dataset(cfg.model, splits.info))
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    criterion = nn.CrossEntropyLoss()
-    times = []
-    for _ in range(cfg.epochs):
-        model.train()
-        started = time.perf_counter()
-        for idx in torch.split(torch.randperm(len(splits.y_train)), cfg.batch_size):
-            images = normalize(augment(splits.x_train[idx], splits.info), splits.info)
-            loss = criterion(model(images), splits.y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        times.append(time.perf_counter() - started)
-    return times
+from app.data import ImageSplits, load_dataset
+from benchmarks.baselines import plain_epochs
 
 
 def project_epochs(cfg: TrainConfig, splits: ImageSplits) -> tuple[list[float], float]:
@@ -85,7 +62,7 @@ def main() -> None:
             storage_path=f"{tmp}/ray_results",
         )  # fmt: skip
         splits = load_dataset("digits")
-        baseline = plain_epochs(cfg, splits)
+        baseline = plain_epochs(cfg, splits, torch.device("cpu"))
         project, wall = project_epochs(cfg, splits)
     baseline_epoch = statistics.median(baseline[1:])
     project_epoch = statistics.median(project[1:])
