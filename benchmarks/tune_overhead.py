@@ -6,8 +6,12 @@
    ASHA; the time ASHA needs to first reach the best accuracy of the full run, against the full
    run's wall time. Goal: ASHA at least 2x faster.
 
-    python benchmarks/tune_overhead.py            # 8 trials x 4 epochs, 2 at a time
+    python benchmarks/tune_overhead.py            # 8 trials x 8 epochs, 2 at a time
     python benchmarks/tune_overhead.py --quick    # 4 trials x 3 epochs
+    python benchmarks/tune_overhead.py --trials 8 --epochs 4
+
+Each trial starts a TorchTrainer (controller and worker processes): on 2 cores that costs about
+30 s a trial whatever its length, which ASHA cannot save, so short trials understate it.
 
 Last line: one JSON object with the figures and both ratios.
 """
@@ -57,8 +61,10 @@ def sweep(tmp: str, name: str, scheduler: str, samples: int, epochs: int) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="4 trials x 3 epochs")
+    parser.add_argument("--trials", type=int, default=8, help="trials per sweep")
+    parser.add_argument("--epochs", type=int, default=8, help="epochs of a full trial")
     args = parser.parse_args()
-    samples, epochs = (4, 3) if args.quick else (8, 4)
+    samples, epochs = (4, 3) if args.quick else (args.trials, args.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/bench.db")
         full = sweep(tmp, "full", "none", samples, epochs)
