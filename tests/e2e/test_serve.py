@@ -402,3 +402,50 @@ def test_environment_pins_a_run_over_the_user_config(
     info = wait_for(model, 180, "the model of MODEL_RUN_ID")
     assert info["model_uri"] == f"runs:/{registered.run_id}/model"
     assert (info["version"], info["alias"]) == ("2", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Overload
+
+
+def serving_with(service: Service, bounds: dict[str, int]) -> bool:
+    """Serve's REST API reports the application running with ``bounds`` on every deployment."""
+    response = requests.get(
+        f"{service.dashboard}/api/serve/applications/",
+        headers={"Authorization": f"Bearer {service.env['RAY_AUTH_TOKEN']}"},
+        timeout=10,
+    )
+    app = response.json()["applications"].get("classifier", {}) if response.ok else {}
+    deployments = app.get("deployments", {}).values()
+    return app.get("status") == "RUNNING" and all(
+        d["status"] == "HEALTHY" and bounds.items() <= d["deployment_config"].items()
+        for d in deployments
+    )
+
+
+def test_overload_is_refused_with_503_and_the_service_recovers(
+    service: Service, registered: Registered
+) -> None:
+    """Past the queue bounds requests are refused with 503 instead of queueing without end."""
+    bounds = {"max_ongoing_requests": 1, "max_queued_requests": 1}
+    for name in ("ClassifierAPI", "Classifier"):
+        service.deployment(name).update(bounds)
+    service.deploy()
+    wait_for(lambda: serving_with(service, bounds), 180, "the redeployed queue bounds")
+    clients = 40
+    start = threading.Barrier(clients)
+    statuses: list[int] = []
+
+    def post() -> None:
+        start.wait()
+        response = requests.post(f"{service.url}/predict", data=registered.pngs[0], timeout=60)
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    # Some are served, the rest refused; none fails otherwise or times out.
+    assert len(statuses) == clients and sorted(set(statuses)) == [200, 503], statuses
+    assert requests.get(f"{service.url}/health", timeout=10).status_code == 200
