@@ -14,7 +14,10 @@ from tests.cluster.clusterlib import KUBERAY, REPO, SETUP
 
 SCRIPTS = sorted(SETUP.glob("0*.sh"))
 BASH = shutil.which("bash") or "/bin/bash"
-SHELL_FILES = [*SCRIPTS, SETUP / "lib.sh", KUBERAY / "evaluate-promote.sh"]
+# Every shell script of the repository, not only the setup ones.
+SHELL_FILES = sorted(
+    {*(REPO / "cluster").rglob("*.sh"), *(REPO / "benchmarks").glob("*.sh"), REPO / ".ci" / "run"}
+)
 # Tools the scripts call; in these tests each is a stub that fails loudly if a dry run calls it.
 TOOLS = [
     "aws",
