@@ -408,9 +408,11 @@ def load_dataset(
 
 @functools.cache
 def _channel_stats(info: DatasetInfo, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    # Built once per device: a host-to-device copy per batch would stall a GPU's queue.
-    mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
+    # Built once per device: a host-to-device copy per batch would stall a GPU's queue. Never
+    # as inference tensors, whichever caller comes first (serving, then training, say).
+    with torch.inference_mode(False):
+        mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
     return mean, std
 
 
