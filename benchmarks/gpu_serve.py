@@ -18,7 +18,6 @@ object (also written to --out).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -34,8 +33,7 @@ import torch
 from app.data import DATASETS, normalize
 from app.inference import Classifier, serving_dtype
 from app.models import ModelSpec, build_model
-from app.training import pick_device
-from benchmarks.gpu_train import MODELS, describe_device
+from benchmarks.gpu_train import MODELS, bench_device, describe_device, emit
 
 
 def rate(batch: int, run: Callable[[], object], device: torch.device, seconds: float) -> float:
@@ -98,9 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=1.0, help="timed repeats per point")
     parser.add_argument("--out", type=Path, help="also write the JSON summary here")
     args = parser.parse_args(argv)
-    device = torch.device("cpu") if args.quick else pick_device()
-    if not args.quick and device.type != "cuda":
-        parser.error("no GPU here: use --quick to exercise the code path on CPU")
+    device = bench_device(parser, args.quick)
     sizes = [2**i for i in range(6 if args.quick else 9)]
     seconds = 0.2 if args.quick else args.seconds
     rows = [row for model in args.models for row in bench_model(model, device, sizes, seconds)]
@@ -111,10 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "points": rows,
         "ratio_at_max_batch": min(r["ratio"] for r in rows if r["batch"] == sizes[-1]),
     }
-    line = json.dumps(summary)
-    if args.out:
-        args.out.write_text(line + "\n")
-    print(line)
+    emit(summary, args.out)
     return summary
 
 

@@ -138,6 +138,24 @@ def describe_device(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def bench_device(parser: argparse.ArgumentParser, quick: bool) -> torch.device:
+    """The CPU for --quick (code paths only), else the GPU; without one, a usage error."""
+    if quick:
+        return torch.device("cpu")
+    device = pick_device()
+    if device.type != "cuda":
+        parser.error("no GPU here: use --quick to exercise the code paths on CPU")
+    return device
+
+
+def emit(summary: dict[str, Any], out: Path | None) -> None:
+    """The summary as the last line of output, and in ``out`` when given."""
+    line = json.dumps(summary)
+    if out:
+        out.write_text(line + "\n")
+    print(line)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -150,11 +168,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compile", action="store_true", help="torch.compile (a) and (b)")
     parser.add_argument("--out", type=Path, help="also write the JSON summary here")
     args = parser.parse_args(argv)
-    device = torch.device("cpu") if args.quick else pick_device()
+    device = bench_device(parser, args.quick)
     if args.quick:
         args.images, args.epochs = 192, 2
-    elif device.type != "cuda":
-        parser.error("no GPU here: use --quick to exercise the code paths on CPU")
     splits = synthetic_cifar(args.images, n_eval=max(64, args.images // 50))
     overrides = {"batch_size": args.batch_size} if args.batch_size else {}
     rows = []
@@ -175,10 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "min_project_vs_plain": min(r["project_vs_plain"] for r in rows),
         "min_project_vs_naive": min(r["project_vs_naive"] for r in rows),
     }
-    line = json.dumps(summary)
-    if args.out:
-        args.out.write_text(line + "\n")
-    print(line)
+    emit(summary, args.out)
     return summary
 
 
