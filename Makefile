@@ -22,6 +22,10 @@ COVERAGE_FLOOR ?= 80
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 # Ray's CLI and SDK read ~/.ray/auth_token only in token mode (on by default for new clusters).
 export RAY_AUTH_MODE ?= token
+# Ray's high-throughput Serve mode for the clusters started here (serve/throughput.py): HAProxy
+# on port 8000 (stats on 8404, metrics on 9101) in place of Serve's Python proxy. 0 turns it off.
+export RAY_SERVE_ENABLE_HA_PROXY ?= 1
+export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
 
 .PHONY: help
 help: ## list the targets

@@ -11,7 +11,7 @@ digit; with ``--dataset cifar10`` a 32x32 colour picture for a CIFAR-sized model
 
 1. dynamic batching on (the config's max_batch_size and wait), then one client alone (the
    latency an idle service adds by waiting for a batch to fill);
-2. dynamic batching off (redeployed with max_batch_size 1 in the user_config);
+2. dynamic batching off (redeployed with max_batch_size 1 in the ingress's user_config);
 3. the bare model in this process: ``Classifier.serve_proba`` on uint8 batches of exactly the
    sizes the replica formed in phase 1, with one torch thread like the replica.
 
@@ -22,6 +22,7 @@ Ratios: served / bare images per second (goal >= 0.5 on 2 CPU cores) and batchin
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -36,6 +37,13 @@ from typing import Any, cast
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from serve.throughput import HIGH_THROUGHPUT_ENV, private_haproxy_env  # noqa: E402
+
+# Read by Ray's Serve modules on import and by every process of the private cluster: the Serve
+# path the project's clusters run, unless the caller set these (0 measures Ray's default path).
+for _name, _value in HIGH_THROUGHPUT_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -118,7 +126,7 @@ def register_untrained(spec: ModelSpec) -> str:
 
 def application(batching: bool) -> Any:
     """serve.app as serve/config.yaml configures it, with one Classifier replica; without
-    batching, max_batch_size 1."""
+    batching, the ingress's max_batch_size 1."""
     config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
     options = {d.pop("name"): d for d in config["applications"][0]["deployments"]}
     classifier = options["Classifier"]
@@ -126,9 +134,29 @@ def application(batching: bool) -> Any:
     classifier["num_replicas"] = 1
     classifier["user_config"]["model_name"] = MODEL_NAME
     if not batching:
-        classifier["user_config"]["max_batch_size"] = 1
+        options["ClassifierAPI"]["user_config"]["max_batch_size"] = 1
     api = cast(Any, served.ClassifierAPI).options(**options["ClassifierAPI"])
     return api.bind(cast(Any, served.ModelServer).options(**classifier).bind())
+
+
+class BatchCounter:
+    """Forward passes per batch size so far, asked of the Classifier replica. The handle lives on
+    an event loop of its own thread: with Ray's throughput-optimized Serve a handle routes on its
+    caller's running loop, which this synchronous script does not have."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    def __call__(self) -> dict[int, int]:
+        from ray import serve
+
+        async def ask() -> dict[int, int]:
+            handle = serve.get_deployment_handle("Classifier", "classifier")
+            counts: dict[int, int] = await handle.batch_size_counts.remote()
+            return counts
+
+        return asyncio.run_coroutine_threadsafe(ask(), self.loop).result(timeout=60)
 
 
 def bare_rps(
@@ -184,20 +212,21 @@ def main() -> None:
         else:
             image = png_bytes(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8))
         port = free_port()
+        os.environ.update(private_haproxy_env(f"{tmp}/haproxy", free_port(), free_port()))
         # address="local": a private cluster, never one another user started on this machine.
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
+            batch_size_counts = BatchCounter()
             phases: dict[str, Phase] = {}
             counts: dict[int, int] = {}
             for batching in (True, False):
                 name = "batching_on" if batching else "batching_off"
                 serve.run(application(batching), name="classifier", route_prefix="/")
                 drive(port, image, args.clients, warmup, "warm-up")
-                handle = serve.get_deployment_handle("Classifier", "classifier")
-                before = handle.batch_size_counts.remote().result()
+                before = batch_size_counts()
                 phases[name] = drive(port, image, args.clients, seconds, name)
-                after = handle.batch_size_counts.remote().result()
+                after = batch_size_counts()
                 if batching:
                     counts = {
                         s: n - before.get(s, 0) for s, n in after.items() if n > before.get(s, 0)

@@ -4,10 +4,12 @@ Two deployments (``serve run --working-dir . serve/config.yaml``, or ``serve dep
 image carries the code):
 
 - ``ClassifierAPI``, the FastAPI ingress: reads bounded bodies (raw bytes or multipart), decodes
-  them with ``app.preprocessing`` and answers every bad input with a 4xx JSON error.
+  them with ``app.preprocessing`` and answers every bad input with a 4xx JSON error. It groups
+  the decoded images of concurrent requests with ``@serve.batch`` and sends the Classifier one
+  call per batch: the hop between the deployments is paid per batch, not per image.
 - ``Classifier``: the model from ``models:/<name>@<alias>`` loaded through
   ``app.tracking.load_classifier`` on the replica's device (CUDA with float16 batches when it
-  has a GPU), requests grouped by ``@serve.batch``. A background task follows the alias every
+  has a GPU), one forward pass per batch. A background task follows the alias every
   ``poll_interval_s``: a new version is loaded and self-tested beside the old one, then one
   reference assignment swaps them, so no request fails during a promotion.
 
@@ -24,6 +26,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -73,6 +76,9 @@ INPUT_SHAPE_RETRIES = 3
 # request up to the wait: benchmarks/serve_load.py measures both.
 MAX_BATCH_SIZE = 16
 BATCH_WAIT_TIMEOUT_S = 0.02
+# Batches one ingress replica has in flight to the Classifier: one in each replica's forward
+# pass (autoscaling allows two) and one more each crossing the hop meanwhile.
+MAX_CONCURRENT_BATCHES = 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,8 +86,8 @@ BATCH_WAIT_TIMEOUT_S = 0.02
 
 
 class ModelSettings(BaseModel):
-    """What the ``Classifier`` serves and how it batches. A pinned run id wins over a pinned
-    version, which wins over the alias."""
+    """What the ``Classifier`` serves. A pinned run id wins over a pinned version, which wins
+    over the alias."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -90,8 +96,6 @@ class ModelSettings(BaseModel):
     model_version: int | None = Field(default=None, ge=1)
     model_run_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
     poll_interval_s: float = Field(default=10.0, gt=0, le=3600)
-    max_batch_size: int = Field(default=MAX_BATCH_SIZE, ge=1, le=1024)
-    batch_wait_timeout_s: float = Field(default=BATCH_WAIT_TIMEOUT_S, ge=0, le=1)
 
     @classmethod
     def from_sources(
@@ -103,7 +107,7 @@ class ModelSettings(BaseModel):
 
 
 class ApiSettings(BaseModel):
-    """Bounds on every request the ingress accepts."""
+    """Bounds on every request the ingress accepts, and how it batches images for the model."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -111,6 +115,8 @@ class ApiSettings(BaseModel):
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1, le=DEFAULT_MAX_PIXELS * 4)
     max_batch_images: int = Field(default=32, ge=1, le=1024)
     max_batch_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    max_batch_size: int = Field(default=MAX_BATCH_SIZE, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(default=BATCH_WAIT_TIMEOUT_S, ge=0, le=1)
 
     @property
     def limits(self) -> Limits:
@@ -256,11 +262,12 @@ def _version_tags(served: ServedModel) -> dict[str, str]:
     name="Classifier",
     # 0.75: two replicas and the ingress fit a 2-CPU laptop cluster (one torch thread each).
     ray_actor_options={"num_cpus": 0.75},
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
-    # Each request waiting in a batch holds a slot: room for a few full batches per replica.
-    max_ongoing_requests=64,
-    # Past this many requests waiting at a caller, new ones fail fast with 503.
-    max_queued_requests=256,
+    # Requests here are whole batches from the ingress: scale up when more than one waits
+    # behind the running forward pass.
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2},
+    max_ongoing_requests=8,
+    # Past this many batches waiting at a caller, new ones fail fast with 503.
+    max_queued_requests=16,
     health_check_period_s=10,
     health_check_timeout_s=30,
     # An empty user_config still calls reconfigure(), which loads the model at start-up.
@@ -276,15 +283,14 @@ class ModelServer:
         self._last_error: str | None = None
         self._batch_sizes: Counter[int] = Counter()
         self._metrics = ModelMetrics()
+        # One forward pass at a time, off the event loop, which keeps taking the next batches.
+        self._forward = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Start-up and every ``serve deploy`` with a new user_config. The first load must
         succeed (no model, no replica); a later failing switch keeps serving the current
         model and the poller retries it."""
         settings = ModelSettings.from_sources(user_config, os.environ)
-        batching: Any = self._predict_batch  # serve.batch's type hints omit its setters
-        batching.set_max_batch_size(settings.max_batch_size)
-        batching.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         self._settings = settings
         if self._served is None:
             await self._follow(settings)
@@ -328,23 +334,19 @@ class ModelServer:
             raise RuntimeError("no model loaded")
         return self._served
 
-    async def predict(self, image: np.ndarray, top_k: int) -> dict[str, Any] | None:
-        """One decoded image -> its prediction; None when it was decoded for another input
-        shape than the served model's (a swap landed in between: the caller decodes again)."""
-        return await self._predict_batch((image, top_k))
-
-    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
-    async def _predict_batch(
-        self, requests: list[tuple[np.ndarray, int]]
-    ) -> list[dict[str, Any] | None]:
+    async def predict(self, requests: list[tuple[np.ndarray, int]]) -> list[dict[str, Any] | None]:
+        """A batch of (decoded image, top-k) -> their predictions, in one forward pass. None for
+        an image decoded for another input shape than the served model's (a swap landed in
+        between: the caller decodes it again)."""
         served = self._model()  # one model for the whole batch, even if a swap lands meanwhile
         fits = [i for i, (image, _) in enumerate(requests) if image.shape == served.input_shape]
         results: list[dict[str, Any] | None] = [None] * len(requests)
         if fits:
             started = time.perf_counter()
-            # In a thread: the event loop keeps admitting requests, which form the next batch.
-            probabilities = await asyncio.to_thread(
-                served.classifier.serve_proba, np.stack([requests[i][0] for i in fits])
+            probabilities = await asyncio.get_running_loop().run_in_executor(
+                self._forward,
+                served.classifier.serve_proba,
+                np.stack([requests[i][0] for i in fits]),
             )
             self._metrics.batch(served, len(fits), time.perf_counter() - started)
             self._batch_sizes[len(fits)] += 1
@@ -364,6 +366,7 @@ class ModelServer:
         return {"status": "ok", "model": self._model().ref}
 
     def describe(self) -> dict[str, Any]:
+        """The served model; the ingress adds its batching settings."""
         served = self._model()
         spec = served.classifier.spec
         return {
@@ -379,8 +382,6 @@ class ModelServer:
             "classes": list(spec.classes),
             "input_shape": list(served.input_shape),
             "poll_interval_s": self._settings.poll_interval_s,
-            "max_batch_size": self._settings.max_batch_size,
-            "batch_wait_timeout_s": self._settings.batch_wait_timeout_s,
             "last_error": self._last_error,
         }
 
@@ -647,15 +648,23 @@ class ClassifierAPI:
         self._classifier = classifier
         self._settings = ApiSettings()
         self._input_shape: tuple[int, int, int] | None = None
+        # One lookup for the requests of a burst, not one each: they would flood the
+        # Classifier's queue and be refused with 503.
+        self._shape_lock = asyncio.Lock()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self._settings = ApiSettings.model_validate(user_config)
+        settings = ApiSettings.model_validate(user_config)
+        batching: Any = self._infer  # serve.batch's type hints omit its setters
+        batching.set_max_batch_size(settings.max_batch_size)
+        batching.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self._settings = settings
 
     async def _shape(self) -> tuple[int, int, int]:
-        if self._input_shape is None:
-            channels, height, width = await self._classifier.input_shape.remote()
-            self._input_shape = (channels, height, width)
-        return self._input_shape
+        async with self._shape_lock:
+            if self._input_shape is None:
+                channels, height, width = await self._classifier.input_shape.remote()
+                self._input_shape = (channels, height, width)
+            return self._input_shape
 
     async def _decode(self, data: bytes, shape: tuple[int, int, int], name: str) -> np.ndarray:
         channels, size, _ = shape
@@ -666,18 +675,26 @@ class ClassifierAPI:
         except InputError as exc:
             raise InputError(exc.status, exc.code, f"{name}{exc.detail}") from exc
 
+    @serve.batch(
+        max_batch_size=MAX_BATCH_SIZE,
+        batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S,
+        max_concurrent_batches=MAX_CONCURRENT_BATCHES,
+    )
+    async def _infer(self, requests: list[tuple[np.ndarray, int]]) -> list[dict[str, Any] | None]:
+        """Images of concurrent requests, one Classifier call for all of them."""
+        results: list[dict[str, Any] | None] = await self._classifier.predict.remote(requests)
+        return results
+
     async def _classify(self, blobs: list[bytes], top_k: int, batch: bool) -> list[Any]:
         """Decode every image first (a bad one fails the request before any model work), then
-        one handle call each: the Classifier batches them with everyone else's requests."""
+        queue each for the next batch, with everyone else's images."""
         for _ in range(INPUT_SHAPE_RETRIES):
             shape = await self._shape()
             images = [
                 await self._decode(blob, shape, f"files[{i}]: " if batch else "")
                 for i, blob in enumerate(blobs)
             ]
-            results = await asyncio.gather(
-                *(self._classifier.predict.remote(image, top_k) for image in images)
-            )
+            results = await asyncio.gather(*(self._infer((image, top_k)) for image in images))
             if all(result is not None for result in results):
                 return results
             self._input_shape = None  # the served model changed its input shape: decode again
@@ -716,7 +733,12 @@ class ClassifierAPI:
 
     @api.get("/model", response_model=ModelInfo, responses=ERRORS, summary="The served model")
     async def model(self) -> Any:
-        return await self._classifier.describe.remote()
+        described = await self._classifier.describe.remote()
+        return {
+            **described,
+            "max_batch_size": self._settings.max_batch_size,
+            "batch_wait_timeout_s": self._settings.batch_wait_timeout_s,
+        }
 
     @api.get(
         "/health",

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from serve.throughput import HIGH_THROUGHPUT_ENV, private_haproxy_env
 from tests.support import JobsApi, free_port, http_ok, stop_process_group, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,6 +81,7 @@ class RayCluster:
     dashboard: str  # http URL for job submission
     env: dict[str, str]  # what a client needs: token auth, MLflow URI
     temp_dir: Path
+    haproxy_stats: str  # HAProxy's stats page, in front of Serve's HTTP port
 
     @property
     def jobs(self) -> JobsApi:
@@ -116,7 +118,7 @@ class RayCluster:
 def ray_cluster(mlflow_server: MlflowServer) -> Iterator[RayCluster]:
     # Ray's unix socket paths must stay short: a temp dir under /tmp, not pytest's deep one.
     temp_dir = Path(f"/tmp/rt{secrets.token_hex(3)}")
-    gcs_port, dashboard_port = free_port(), free_port()
+    gcs_port, dashboard_port, haproxy_stats_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
@@ -129,6 +131,9 @@ def ray_cluster(mlflow_server: MlflowServer) -> Iterator[RayCluster]:
         # Name this cluster for every process in it: Ray Train's placement-group cleaner
         # looks the cluster up and gives up when other Ray instances run on the machine.
         "RAY_ADDRESS": f"127.0.0.1:{gcs_port}",
+        # Serve as the project's clusters run it, with HAProxy's files and ports its own.
+        **HIGH_THROUGHPUT_ENV,
+        **private_haproxy_env(str(temp_dir / "haproxy"), haproxy_stats_port, free_port()),
     }
     client_env = {k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI")}
     process = subprocess.Popen(
@@ -176,7 +181,13 @@ def ray_cluster(mlflow_server: MlflowServer) -> Iterator[RayCluster]:
 
     try:
         wait_for(dashboard_up, 120, "the Ray dashboard")
-        yield RayCluster(f"127.0.0.1:{gcs_port}", dashboard, client_env, temp_dir)
+        yield RayCluster(
+            f"127.0.0.1:{gcs_port}",
+            dashboard,
+            client_env,
+            temp_dir,
+            f"http://127.0.0.1:{haproxy_stats_port}/stats",
+        )
     finally:
         stop_process_group(process, timeout=60)
 

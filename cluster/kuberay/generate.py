@@ -1,8 +1,8 @@
 """Writes the KubeRay manifests that derive from other files, so that none is copied by hand.
 
 - rayservice.yaml: its serveConfigV2 is serve/config.yaml, and its cluster is raycluster/'s,
-  sized for serving (CPU workers only, one kept warm) and set to serve the model that
-  pipelines.yaml registers.
+  sized for serving (CPU workers only, one kept warm), run in Ray's high-throughput Serve mode
+  (serve/throughput.py) and set to serve the model that pipelines.yaml registers.
 - rayjob-NAME.yaml and raycronjob-NAME.yaml: the jobs and schedules of pipelines.yaml, run on the
   long-lived cluster or on a cluster of their own with raycluster/'s spec.
 
@@ -25,6 +25,10 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))  # for `serve`
+
+from serve.throughput import HIGH_THROUGHPUT_ENV  # noqa: E402
+
 SERVE_CONFIG = REPO / "serve" / "config.yaml"
 RAYCLUSTER = HERE / "raycluster" / "raycluster.yaml"
 GPU = "nvidia.com/gpu"
@@ -93,12 +97,15 @@ def _served_model(pipelines: dict[str, Any]) -> str:
 
 
 def _serving_cluster(spec: dict[str, Any], model_name: str) -> dict[str, Any]:
-    """Serving runs on CPUs (a GPU-trained model loads on CPU) with one worker always up, and
-    serves the model the pipelines register (MODEL_NAME overrides the Serve config's)."""
+    """Serving runs on CPUs (a GPU-trained model loads on CPU) with one worker always up, in
+    Ray's high-throughput Serve mode (HAProxy on port 8000 of every pod), and serves the model
+    the pipelines register (MODEL_NAME overrides the Serve config's)."""
     spec = copy.deepcopy(spec)
+    env = [{"name": "MODEL_NAME", "value": model_name}]
+    env += [{"name": name, "value": value} for name, value in HIGH_THROUGHPUT_ENV.items()]
     for pod in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
         for container in pod["template"]["spec"]["containers"]:
-            container.setdefault("env", []).append({"name": "MODEL_NAME", "value": model_name})
+            container.setdefault("env", []).extend(env)
     groups = []
     for group in spec["workerGroupSpecs"]:
         limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]

