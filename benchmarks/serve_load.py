@@ -3,7 +3,9 @@
     python benchmarks/serve_load.py            # 30 s of load per phase
     python benchmarks/serve_load.py --quick    # 10 s per phase, under two minutes in all
 
-Starts a private local Ray and Serve (free ports; nothing shared is touched), registers an
+Starts a private local Ray and Serve (free ports; nothing shared is touched) in the Serve mode
+the project's clusters run (serve/throughput.py: HAProxy in front; set RAY_SERVE_ENABLE_HA_PROXY=0
+and RAY_SERVE_THROUGHPUT_OPTIMIZED=0 to measure Ray's default proxy instead), registers an
 untrained model in a temporary MLflow store (throughput does not depend on the weights),
 deploys serve.app with serve/config.yaml's options and one Classifier replica, and drives
 ``--clients`` threads, each posting one PNG to /predict over a keep-alive connection (a held-out

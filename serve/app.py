@@ -262,9 +262,9 @@ def _version_tags(served: ServedModel) -> dict[str, str]:
     name="Classifier",
     # 0.75: two replicas and the ingress fit a 2-CPU laptop cluster (one torch thread each).
     ray_actor_options={"num_cpus": 0.75},
-    # Requests here are whole batches from the ingress: scale up when more than one waits
-    # behind the running forward pass.
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2},
+    # Requests here are whole batches from the ingress, run one at a time: a replica that
+    # always holds one is saturated, so more than one on average adds a replica.
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1},
     max_ongoing_requests=8,
     # Past this many batches waiting at a caller, new ones fail fast with 503.
     max_queued_requests=16,

@@ -428,17 +428,61 @@ def test_environment_pins_a_run_over_the_user_config(
 
 
 # ---------------------------------------------------------------------------------------------
-# Overload
+# Autoscaling and overload
 
 
-def serving_with(service: Service, bounds: dict[str, int]) -> bool:
-    """Serve's REST API reports the application running with ``bounds`` on every deployment."""
+def serve_application(service: Service) -> dict[str, Any]:
+    """The classifier application as Serve's REST API reports it ({} while it cannot answer)."""
     response = requests.get(
         f"{service.dashboard}/api/serve/applications/",
         headers={"Authorization": f"Bearer {service.env['RAY_AUTH_TOKEN']}"},
         timeout=10,
     )
-    app = response.json()["applications"].get("classifier", {}) if response.ok else {}
+    app: dict[str, Any] = (
+        response.json()["applications"].get("classifier", {}) if response.ok else {}
+    )
+    return app
+
+
+def running_replicas(service: Service, deployment: str) -> int:
+    found = serve_application(service).get("deployments", {}).get(deployment, {})
+    return sum(replica["state"] == "RUNNING" for replica in found.get("replicas", []))
+
+
+def test_classifier_scales_out_under_load_with_zero_failed_requests(
+    service: Service, registered: Registered
+) -> None:
+    """Load past target_ongoing_requests adds a Classifier replica while requests keep being
+    answered. One image per batch here, so that every in-flight image is a Classifier request
+    and the load is sure to pass the target (1 batch per replica, as the config ships)."""
+    service.deployment("ClassifierAPI")["user_config"]["max_batch_size"] = 1
+    classifier = service.deployment("Classifier")
+    assert classifier["autoscaling_config"]["target_ongoing_requests"] == 1
+    classifier["autoscaling_config"].update(max_replicas=2, upscale_delay_s=5)
+    service.deploy()
+    clients = [SteadyClient(service.url, registered.pngs[0]) for _ in range(16)]
+    threads = [threading.Thread(target=client.run, daemon=True) for client in clients]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: running_replicas(service, "Classifier") == 2, 180, "a second replica")
+        answered = sum(len(client.versions) for client in clients)
+        wait_for(
+            lambda: sum(len(client.versions) for client in clients) >= answered + 50,
+            60,
+            "answers after the scale-out",
+        )
+    finally:
+        for client in clients:
+            client.stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert [failure for client in clients for failure in client.failures] == []
+
+
+def serving_with(service: Service, bounds: dict[str, int]) -> bool:
+    """Serve's REST API reports the application running with ``bounds`` on every deployment."""
+    app = serve_application(service)
     deployments = app.get("deployments", {}).values()
     return app.get("status") == "RUNNING" and all(
         d["status"] == "HEALTHY" and bounds.items() <= d["deployment_config"].items()
