@@ -82,6 +82,7 @@ class RayCluster:
     env: dict[str, str]  # what a client needs: token auth, MLflow URI
     temp_dir: Path
     haproxy_stats: str  # HAProxy's stats page, in front of Serve's HTTP port
+    metrics: str  # the node's Prometheus endpoint (Ray's and the application's metrics)
 
     @property
     def jobs(self) -> JobsApi:
@@ -118,7 +119,8 @@ class RayCluster:
 def ray_cluster(mlflow_server: MlflowServer) -> Iterator[RayCluster]:
     # Ray's unix socket paths must stay short: a temp dir under /tmp, not pytest's deep one.
     temp_dir = Path(f"/tmp/rt{secrets.token_hex(3)}")
-    gcs_port, dashboard_port, haproxy_stats_port = free_port(), free_port(), free_port()
+    gcs_port, dashboard_port, metrics_port = free_port(), free_port(), free_port()
+    haproxy_stats_port = free_port()
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
@@ -153,7 +155,7 @@ def ray_cluster(mlflow_server: MlflowServer) -> Iterator[RayCluster]:
             "--dashboard-agent-listen-port",
             str(free_port()),
             "--metrics-export-port",
-            str(free_port()),
+            str(metrics_port),
             "--min-worker-port",
             "20000",
             "--max-worker-port",
@@ -187,6 +189,7 @@ def ray_cluster(mlflow_server: MlflowServer) -> Iterator[RayCluster]:
             client_env,
             temp_dir,
             f"http://127.0.0.1:{haproxy_stats_port}/stats",
+            f"http://127.0.0.1:{metrics_port}/metrics",
         )
     finally:
         stop_process_group(process, timeout=60)

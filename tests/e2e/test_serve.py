@@ -209,14 +209,14 @@ def test_health_and_openapi(service: Service) -> None:
     assert {"/predict", "/predict/batch", "/model", "/health"} <= set(paths)
 
 
-def ingress_sessions(stats_url: str) -> int:
-    """Requests HAProxy has sent straight to ClassifierAPI replicas (its stats, as CSV)."""
+def ingress_sessions(stats_url: str) -> list[int]:
+    """Requests HAProxy has sent straight to each ClassifierAPI replica (its stats, as CSV);
+    empty until HAProxy has learned of one, when its fallback is Serve's Python proxy."""
     lines = requests.get(f"{stats_url};csv", timeout=10).text.splitlines()
     header = lines[0].removeprefix("# ").split(",")
     rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
-    replicas = [r for r in rows if r["svname"].startswith("SERVE_REPLICA_classifier-ClassifierAPI")]
-    assert replicas, f"no ClassifierAPI replica behind HAProxy: {[r['svname'] for r in rows]}"
-    return sum(int(r["stot"]) for r in replicas)
+    prefix = "SERVE_REPLICA_classifier-ClassifierAPI"
+    return [int(row["stot"]) for row in rows if row["svname"].startswith(prefix)]
 
 
 def test_requests_go_through_haproxy_to_the_ingress_replica(
@@ -224,10 +224,35 @@ def test_requests_go_through_haproxy_to_the_ingress_replica(
 ) -> None:
     """The high-throughput path the project's clusters run: HAProxy on Serve's HTTP port,
     forwarding to the ingress replica's own HTTP server, not through Serve's Python proxy."""
-    before = ingress_sessions(ray_cluster.haproxy_stats)
+    stats = ray_cluster.haproxy_stats
+    before = wait_for(lambda: ingress_sessions(stats), 120, "HAProxy to know the ingress replica")
     for png in registered.pngs[:5]:
         assert requests.post(f"{service.url}/predict", data=png, timeout=30).status_code == 200
-    assert ingress_sessions(ray_cluster.haproxy_stats) >= before + 5
+    assert sum(ingress_sessions(stats)) >= sum(before) + 5
+
+
+def exported(metrics_url: str, *needles: str) -> bool:
+    """One line of the node's Prometheus page holds every needle (export lags seconds)."""
+    lines = requests.get(metrics_url, timeout=10).text.splitlines()
+    return any(all(needle in line for needle in needles) for line in lines)
+
+
+def test_service_metrics_reach_prometheus(
+    service: Service, registered: Registered, ray_cluster: RayCluster
+) -> None:
+    """Requests, latency, batch sizes and the version served, on the node's metrics endpoint."""
+    assert requests.post(f"{service.url}/predict", data=registered.pngs[0], timeout=30).ok
+    version = (f'model_name="{MODEL_NAME}"', 'model_version="1"')
+    expected = [
+        ("ray_rayvision_http_requests_total{", 'route="/predict"', 'status="200"'),
+        ("ray_rayvision_http_latency_ms_bucket{", 'route="/predict"'),
+        ("ray_rayvision_batch_size_bucket{",),
+        ("ray_rayvision_forward_ms_bucket{",),
+        ("ray_rayvision_predictions_total{", *version),
+        ("ray_rayvision_model_served{", *version),
+    ]
+    for needles in expected:
+        wait_for(lambda n=needles: exported(ray_cluster.metrics, *n), 60, " ".join(needles))
 
 
 # ---------------------------------------------------------------------------------------------
