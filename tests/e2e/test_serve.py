@@ -489,14 +489,14 @@ def test_classifier_scales_out_under_load_with_zero_failed_requests(
     threads = [threading.Thread(target=client.run, daemon=True) for client in clients]
     for thread in threads:
         thread.start()
+
+    def answered() -> int:
+        return sum(len(client.versions) for client in clients)
+
     try:
         wait_for(lambda: running_replicas(service, "Classifier") == 2, 180, "a second replica")
-        answered = sum(len(client.versions) for client in clients)
-        wait_for(
-            lambda: sum(len(client.versions) for client in clients) >= answered + 50,
-            60,
-            "answers after the scale-out",
-        )
+        before = answered()
+        wait_for(lambda: answered() >= before + 50, 60, "answers after the scale-out")
     finally:
         for client in clients:
             client.stop.set()
