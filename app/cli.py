@@ -13,16 +13,8 @@ from mlflow.exceptions import MlflowException
 
 from app.config import ConfigError, ConfigT, parse_config
 from app.data import DatasetUnavailableError
+from app.errors import JobFailedError
 from app.inference import ModelLoadError
-
-
-class JobFailedError(RuntimeError):
-    """The job ran and its answer is no (a refused promotion, failed checks): the message
-    explains, ``results`` still goes to --results-json, the exit status is non-zero."""
-
-    def __init__(self, message: str, results: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.results = results
 
 
 # Failures a user can fix from the message alone: no traceback for these.

@@ -43,7 +43,7 @@ def serving_dtype(device: torch.device) -> torch.dtype:
 
 
 @dataclass
-class Classifier:
+class Predictor:
     model: nn.Module
     spec: ModelSpec
     device: torch.device
@@ -51,7 +51,7 @@ class Classifier:
     @classmethod
     def from_files(
         cls, weights: Path, spec_file: Path, device: torch.device | str = "cpu"
-    ) -> Classifier:
+    ) -> Predictor:
         """Rebuild the architecture from our code and load the weights onto ``device``: a model
         trained on a GPU loads on a CPU-only machine."""
         device = torch.device(device)
@@ -70,14 +70,14 @@ class Classifier:
         return cls.on_device(model, spec, device)
 
     @classmethod
-    def on_device(cls, model: nn.Module, spec: ModelSpec, device: torch.device) -> Classifier:
+    def on_device(cls, model: nn.Module, spec: ModelSpec, device: torch.device) -> Predictor:
         """``model`` in eval mode on ``device``."""
         if device.type == "cuda":  # NHWC feeds tensor cores without per-layer transposes
             model = model.to(memory_format=torch.channels_last)
         return cls(model.to(device).eval(), spec, device)
 
     @classmethod
-    def from_folder(cls, folder: Path, device: torch.device | str = "cpu") -> Classifier:
+    def from_folder(cls, folder: Path, device: torch.device | str = "cpu") -> Predictor:
         return cls.from_files(folder / WEIGHTS_FILE, folder / SPEC_FILE, device)
 
     def to_nchw(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Untrusted image bytes -> the uint8 array a ``Classifier`` takes, or a typed ``InputError``.
+"""Untrusted image bytes -> the uint8 array a ``Predictor`` takes, or a typed ``InputError``.
 
 Bounded at every step: a byte cap before anything is parsed, a pixel cap checked on the header
 before any pixel is decoded (well below Pillow's own decompression-bomb limit), and an allow-list
@@ -7,7 +7,7 @@ of decoders (PNG, JPEG, WebP, BMP), so no other Pillow plugin ever parses client
 Preprocessing matches the training data: any mode becomes the model's channels (L or RGB), the
 picture is centre-cropped to a square and resized to the spec's ``image_size`` with area
 averaging (how scikit-learn made the 8x8 digits from 32x32 bitmaps). The result is laid out
-(C, H, W) like the training tensors; normalisation stays in ``Classifier.predict_proba``.
+(C, H, W) like the training tensors; normalisation stays in ``Predictor.predict_proba``.
 """
 
 from __future__ import annotations

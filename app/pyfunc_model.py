@@ -14,14 +14,14 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from app.inference import Classifier
+from app.inference import Predictor
 
 
 class ImageClassifierModel(PythonModel):
-    classifier: Classifier
+    classifier: Predictor
 
     def load_context(self, context: PythonModelContext) -> None:
-        self.classifier = Classifier.from_files(
+        self.classifier = Predictor.from_files(
             Path(context.artifacts["weights"]), Path(context.artifacts["spec"]), "cpu"
         )
 

@@ -26,7 +26,7 @@ import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from app.inference import SPEC_FILE, WEIGHTS_FILE, Classifier, save_model_files
+from app.inference import SPEC_FILE, WEIGHTS_FILE, Predictor, save_model_files
 from app.models import ModelSpec
 
 DEFAULT_DB = "mlflow.db"
@@ -195,7 +195,7 @@ def log_model(run_id: str, state: dict[str, Any], spec: ModelSpec, example: np.n
     app_dir = Path(app.__file__).parent
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_model_files(state, spec, Path(tmp))
-        classifier = Classifier.from_folder(folder)
+        classifier = Predictor.from_folder(folder)
         output = pyfunc_model.ImageClassifierModel()
         output.classifier = classifier
         signature = infer_signature(example, output.predict(None, example))
@@ -346,10 +346,10 @@ def lineage(ref: ModelRef) -> dict[str, Any]:
     }
 
 
-def load_classifier(model_uri: str, device: str = "cpu") -> Classifier:
+def load_predictor(model_uri: str, device: str = "cpu") -> Predictor:
     """Load any model URI (runs:/, models:/name@alias, models:/name/version) for inference,
     rebuilding the network from our code and the safetensors weights: nothing is unpickled."""
     configure()
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
-        return Classifier.from_folder(local / "artifacts", device)
+        return Predictor.from_folder(local / "artifacts", device)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.config import TrainConfig
+from app.train.config import TrainConfig
 from app.data import ImageSplits, augment, normalize
 from app.models import ModelSpec, build_model
 

@@ -4,7 +4,7 @@ at batch sizes 1..256, on one GPU.
     python benchmarks/gpu_serve.py             # one GPU: resnet18, mobilenet_v3_small/large
     python benchmarks/gpu_serve.py --quick     # CPU, batch sizes 1..32: the code path, < 2 min
 
-(a) served: ``Classifier.serve_proba``, what each replica of serve.app runs per dynamic batch:
+(a) served: ``Predictor.serve_proba``, what each replica of serve.app runs per dynamic batch:
     uint8 images from host memory to the device, normalisation there, the float16 forward pass
     (float32 on CPU), softmax, probabilities back to the host;
 (b) bare: ``model(x)`` at the same precision on an input already normalised on the device.
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from app.data import DATASETS, normalize
-from app.inference import Classifier, serving_dtype
+from app.inference import Predictor, serving_dtype
 from app.models import ModelSpec, build_model
 from benchmarks.gpu_train import MODELS, bench_device, describe_device, emit
 
@@ -50,7 +50,7 @@ def rate(batch: int, run: Callable[[], object], device: torch.device, seconds: f
     return batch / statistics.median(times)
 
 
-def measure(classifier: Classifier, size: int, seconds: float) -> dict[str, Any]:
+def measure(classifier: Predictor, size: int, seconds: float) -> dict[str, Any]:
     device = classifier.device
     images = np.random.default_rng(size).integers(0, 256, (size, 3, 32, 32), dtype=np.uint8)
     on_device = normalize(torch.from_numpy(images).to(device), classifier.spec.dataset_info())
@@ -83,7 +83,7 @@ def bench_model(
     architecture: str, device: torch.device, sizes: list[int], seconds: float
 ) -> list[dict[str, Any]]:
     spec = ModelSpec.for_dataset(architecture, DATASETS["cifar10"])
-    classifier = Classifier.on_device(build_model(spec), spec, device)
+    classifier = Predictor.on_device(build_model(spec), spec, device)
     return [measure(classifier, size, seconds) for size in sizes]
 
 

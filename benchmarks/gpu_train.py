@@ -8,7 +8,7 @@ PyTorch loop, for each model, in one run.
 The data are synthetic (uint8 3x32x32 images, 10 labels): throughput does not depend on the
 pixels, and no dataset can be downloaded where the GPU figures are taken. Per model:
 
-(a) project: ``app.training.train_worker`` through ``LocalContext``: the data path (split held
+(a) project: ``app.train.loop.train_worker`` through ``LocalContext``: the data path (split held
     on the device as uint8, augmentation and normalisation per batch there), precision,
     channels_last and model exactly as a Ray Train worker runs them, without Ray (Ray Train's
     own overhead is what benchmarks/train_overhead.py measures);
@@ -38,9 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from app.config import TrainConfig
+from app.train.config import TrainConfig
 from app.data import DATASETS, ImageSplits
-from app.training import LocalContext, pick_device, resolve_precision, train_worker
+from app.devices import pick_device
+from app.train.context import LocalContext
+from app.train.loop import train_worker
+from app.train.optim import resolve_precision
 from benchmarks.baselines import naive_epochs, plain_epochs
 
 MODELS = ("resnet18", "mobilenet_v3_small", "mobilenet_v3_large")

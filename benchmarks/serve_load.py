@@ -14,7 +14,7 @@ digit; with ``--dataset cifar10`` a 32x32 colour picture for a CIFAR-sized model
 1. dynamic batching on (the config's max_batch_size and wait), then one client alone (the
    latency an idle service adds by waiting for a batch to fill);
 2. dynamic batching off (redeployed with max_batch_size 1 in the ingress's user_config);
-3. the bare model in this process: ``Classifier.serve_proba`` on uint8 batches of exactly the
+3. the bare model in this process: ``Predictor.serve_proba`` on uint8 batches of exactly the
    sizes the replica formed in phase 1, with one torch thread like the replica.
 
 Ratios: served / bare images per second (goal >= 0.5 on 2 CPU cores) and batching on / off
@@ -166,7 +166,7 @@ def bare_rps(
 ) -> float:
     """Images per second of the bare forward pass over the same mix of batch sizes."""
     torch.set_num_threads(1)  # the replica's share: Ray sets OMP_NUM_THREADS from its CPUs
-    classifier = tracking.load_classifier(model_uri)
+    classifier = tracking.load_predictor(model_uri)
     rng = np.random.default_rng(0)
     seconds = 0.0
     for size, count in batch_counts.items():

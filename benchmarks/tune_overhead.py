@@ -29,7 +29,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import tracking
-from app.tuning import TuneConfig, run_sweep
+from app.tune.config import TuneConfig
+from app.tune.sweep import run_sweep
 
 
 def sweep(tmp: str, name: str, scheduler: str, samples: int, epochs: int) -> dict[str, Any]:

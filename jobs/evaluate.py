@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo, for `app`
 
 from app.cli import run_job
-from app.lifecycle import EvaluateConfig, run_evaluation_job
+from app.evaluate import EvaluateConfig, run_evaluation_job
 
 if __name__ == "__main__":
     run_job(EvaluateConfig, run_evaluation_job, __doc__ or "")

@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo, for `app`
 
 from app.cli import run_job
-from app.lifecycle import PromoteConfig, promote
+from app.promote import PromoteConfig, promote
 
 if __name__ == "__main__":
     run_job(PromoteConfig, promote, __doc__ or "")

@@ -10,8 +10,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo, for `app`
 
 from app.cli import run_job
-from app.config import TrainConfig
-from app.trainer import fit
+from app.train.config import TrainConfig
+from app.train.driver import fit
 
 if __name__ == "__main__":
     run_job(TrainConfig, lambda cfg: fit(cfg).to_json(), __doc__ or "")

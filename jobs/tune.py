@@ -12,7 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo, for `app`
 
 from app.cli import run_job
-from app.tuning import TuneConfig, run_sweep
+from app.tune.config import TuneConfig
+from app.tune.sweep import run_sweep
 
 if __name__ == "__main__":
     run_job(TuneConfig, run_sweep, __doc__ or "")

@@ -8,7 +8,7 @@ image carries the code):
   the decoded images of concurrent requests with ``@serve.batch`` and sends the Classifier one
   call per batch: the hop between the deployments is paid per batch, not per image.
 - ``Classifier``: the model from ``models:/<name>@<alias>`` loaded through
-  ``app.tracking.load_classifier`` on the replica's device (CUDA with float16 batches when it
+  ``app.tracking.load_predictor`` on the replica's device (CUDA with float16 batches when it
   has a GPU), one forward pass per batch. A background task follows the alias every
   ``poll_interval_s``: a new version is loaded and self-tested beside the old one, then one
   reference assignment swaps them, so no request fails during a promotion.
@@ -50,10 +50,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import tracking
 from app.config import ALIAS_PATTERN, MODEL_NAME_PATTERN
-from app.inference import Classifier
+from app.inference import Predictor
 from app.preprocessing import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, InputError, Limits
 from app.preprocessing import to_model_input as decode
-from app.training import pick_device
+from app.devices import pick_device
 
 logger = logging.getLogger("ray.serve")
 
@@ -168,7 +168,7 @@ def resolve_source(settings: ModelSettings) -> ModelSource:
 @dataclass(frozen=True)
 class ServedModel:
     source: ModelSource
-    classifier: Classifier
+    classifier: Predictor
     metrics: dict[str, float]
     loaded_at: str
 
@@ -176,7 +176,7 @@ class ServedModel:
     def load(cls, source: ModelSource, device: torch.device) -> "ServedModel":
         """Download, rebuild and self-test (blocking): a model that cannot predict is never
         swapped in."""
-        classifier = tracking.load_classifier(source.uri, str(device))
+        classifier = tracking.load_predictor(source.uri, str(device))
         metrics = dict(tracking.client().get_run(source.run_id).data.metrics)
         served = cls(source, classifier, metrics, datetime.now(UTC).isoformat(timespec="seconds"))
         served.self_test()

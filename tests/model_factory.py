@@ -9,11 +9,12 @@ from typing import Any
 import torch
 
 from app import tracking
-from app.config import TrainConfig
+from app.train.config import TrainConfig
 from app.data import ImageSplits, load_dataset
 from app.evaluation import evaluate_model
 from app.models import ModelSpec, build_model, cpu_state_dict
-from app.training import LocalContext, train_worker
+from app.train.context import LocalContext
+from app.train.loop import train_worker
 
 
 def digits_state(epochs: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -90,7 +90,7 @@ def registered(mlflow_server: MlflowServer) -> Iterator[Registered]:
         for version in ("1", "2"):
             assert tracking.register_model(f"runs:/{run_id}/model", MODEL_NAME) == version
         tracking.set_alias(MODEL_NAME, "champion", "1")
-        classifier = tracking.load_classifier(f"models:/{MODEL_NAME}/1")
+        classifier = tracking.load_predictor(f"models:/{MODEL_NAME}/1")
         yield Registered(
             run_id,
             accuracy,

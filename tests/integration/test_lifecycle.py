@@ -119,11 +119,11 @@ def test_every_uri_form_loads_the_same_weights(registry: Registry) -> None:
         f"models:/{registry.name}@candidate",
         f"models:/{registry.name}/{version}",
     ]
-    states = [tracking.load_classifier(uri).model.state_dict() for uri in uris]
+    states = [tracking.load_predictor(uri).model.state_dict() for uri in uris]
     with pytest.warns(DeprecationWarning, match="stages are deprecated"):
         ref = tracking.resolve_model_uri(f"models:/{registry.name}/Staging")
     assert ref.version == version and ref.run_id == registry.good_run
-    states.append(tracking.load_classifier(f"models:/{registry.name}/Staging").model.state_dict())
+    states.append(tracking.load_predictor(f"models:/{registry.name}/Staging").model.state_dict())
     for state in states[1:]:
         assert state.keys() == states[0].keys()
         assert all(torch.equal(state[k], states[0][k]) for k in state)
@@ -191,7 +191,7 @@ def test_tampered_artifact_is_refused_without_running_code(
     for path in weights:
         path.write_bytes(pickle.dumps(Exploit()))
     with pytest.raises(ModelLoadError):
-        tracking.load_classifier(f"runs:/{run_id}/model")
+        tracking.load_predictor(f"runs:/{run_id}/model")
     assert not marker.exists()
 
 
@@ -213,11 +213,11 @@ def test_plain_pyfunc_predicts_a_batch(registry: Registry) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_model_trained_on_gpu_loads_on_cpu(tmp_path: Path) -> None:
     from app.data import DATASETS
-    from app.inference import Classifier, save_model_files
+    from app.inference import Predictor, save_model_files
     from app.models import ModelSpec, build_model
 
     spec = ModelSpec.for_dataset("resnet18", DATASETS["digits"])
     model = build_model(spec).cuda()
     save_model_files({k: v for k, v in model.state_dict().items()}, spec, tmp_path)
-    loaded = Classifier.from_folder(tmp_path, "cpu")
+    loaded = Predictor.from_folder(tmp_path, "cpu")
     assert all(p.device.type == "cpu" for p in loaded.model.parameters())

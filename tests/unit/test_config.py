@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from app.config import ConfigError, TrainConfig, merge_config, parse_config
+from app.config import ConfigError, merge_config, parse_config
+from app.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

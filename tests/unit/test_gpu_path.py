@@ -10,19 +10,19 @@ import pytest
 import torch
 from torch import nn
 
-from app.config import TrainConfig
+from app.train.config import TrainConfig
 from app.data import DATASETS, ImageSplits, load_dataset
-from app.inference import Classifier, serving_dtype
+from app.inference import Predictor, serving_dtype
 from app.models import ModelSpec, build_model
-from app.training import (
+from app.train.context import LocalContext
+from app.train.loop import (
     DeviceData,
-    LocalContext,
     compile_model,
     prepare_batch,
-    resolve_precision,
     train_worker,
     warm_up_shapes,
 )
+from app.train.optim import resolve_precision
 
 REPO = Path(__file__).resolve().parents[2]
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -103,7 +103,7 @@ def test_modules_the_gpu_benchmarks_need_import_without_ray_or_mlflow() -> None:
         "        if name.split('.')[0] in ('ray', 'mlflow'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import app.training, app.inference, benchmarks.gpu_train, benchmarks.gpu_serve\n"
+        "import app.train.loop, app.inference, benchmarks.gpu_train, benchmarks.gpu_serve\n"
         "print('ok')\n"
     )
     done = subprocess.run(
@@ -115,7 +115,7 @@ def test_modules_the_gpu_benchmarks_need_import_without_ray_or_mlflow() -> None:
 
 def test_serving_runs_full_precision_on_cpu(digits: ImageSplits) -> None:
     spec = ModelSpec.for_dataset("resnet18", digits.info)
-    classifier = Classifier.on_device(build_model(spec), spec, torch.device("cpu"))
+    classifier = Predictor.on_device(build_model(spec), spec, torch.device("cpu"))
     assert serving_dtype(torch.device("cpu")) == torch.float32
     images = digits.x_test[:8]
     assert torch.equal(classifier.serve_proba(images), classifier.predict_proba(images))
@@ -172,7 +172,7 @@ def test_gpu_training_uses_mixed_precision_and_learns() -> None:
 @needs_gpu
 def test_gpu_serving_in_float16_agrees_with_float32() -> None:
     spec = ModelSpec.for_dataset("resnet18", DATASETS["cifar10"])
-    gpu = Classifier.on_device(build_model(spec), spec, torch.device("cuda"))
+    gpu = Predictor.on_device(build_model(spec), spec, torch.device("cuda"))
     assert gpu.serving_dtype == torch.float16
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     half, full = gpu.serve_proba(images), gpu.predict_proba(images)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from app.data import DATASETS
-from app.inference import WEIGHTS_FILE, Classifier, ModelLoadError, save_model_files
+from app.inference import WEIGHTS_FILE, Predictor, ModelLoadError, save_model_files
 from app.models import ModelSpec, build_model, cpu_state_dict
 
 
@@ -20,7 +20,7 @@ def saved(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
 
 def test_round_trip_gives_identical_predictions(saved: tuple[Path, torch.nn.Module]) -> None:
     folder, model = saved
-    classifier = Classifier.from_folder(folder)
+    classifier = Predictor.from_folder(folder)
     images = np.random.default_rng(0).integers(0, 256, (5, 8, 8), dtype=np.uint8)
     ours = classifier.predict_proba(images)
     x = (torch.from_numpy(images)[:, None].float() / 255 - 0.3053) / 0.3759
@@ -30,7 +30,7 @@ def test_round_trip_gives_identical_predictions(saved: tuple[Path, torch.nn.Modu
 
 
 def test_accepts_channels_last_and_rejects_bad_shapes(saved: tuple[Path, torch.nn.Module]) -> None:
-    classifier = Classifier.from_folder(saved[0])
+    classifier = Predictor.from_folder(saved[0])
     nhwc = np.zeros((2, 8, 8, 1), dtype=np.uint8)
     assert classifier.predict_proba(nhwc).shape == (2, 10)
     with pytest.raises(ValueError, match="expected images of shape"):
@@ -51,7 +51,7 @@ def test_pickle_disguised_as_weights_is_refused_without_running(
 
     (folder / WEIGHTS_FILE).write_bytes(pickle.dumps(Exploit()))
     with pytest.raises(ModelLoadError):
-        Classifier.from_folder(folder)
+        Predictor.from_folder(folder)
     assert not marker.exists()
 
 
@@ -61,4 +61,4 @@ def test_weights_of_another_architecture_refused(saved: tuple[Path, torch.nn.Mod
         ModelSpec.for_dataset("mobilenet_v3_small", DATASETS["digits"]).to_json()
     )
     with pytest.raises(ModelLoadError, match="do not match"):
-        Classifier.from_folder(folder)
+        Predictor.from_folder(folder)

@@ -1,6 +1,6 @@
 import torch
 
-from app.lifecycle import CheckResult, shift, typical_examples
+from app.evaluate import CheckResult, shift, typical_examples
 
 
 def test_shift_moves_content_and_fills_with_zeros() -> None:

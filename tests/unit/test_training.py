@@ -1,15 +1,11 @@
 import pytest
 import torch
 
-from app.config import TrainConfig
+from app.train.config import TrainConfig
 from app.data import load_dataset
-from app.training import (
-    LocalContext,
-    lr_at,
-    resolve_precision,
-    shard_order,
-    train_worker,
-)
+from app.train.context import LocalContext
+from app.train.loop import shard_order, train_worker
+from app.train.optim import lr_at, resolve_precision
 
 
 class RecordingSink:

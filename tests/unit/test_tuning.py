@@ -3,7 +3,9 @@ from pathlib import Path
 import pytest
 
 from app.config import ConfigError, merge_config
-from app.tuning import DEFAULT_SPACE, SearchSpace, TuneConfig, plan_trials
+from app.tune.config import TuneConfig
+from app.tune.plan import plan_trials
+from app.tune.space import DEFAULT_SPACE, SearchSpace
 
 
 def tune_config(**values: object) -> TuneConfig:

@@ -1,9 +1,5 @@
-"""The per-worker training loop.
-
-The loop is plain PyTorch behind a small ``WorkerContext`` interface (rank, device, DDP wrap,
-all-reduce, checkpoint load / report). ``app.trainer`` runs it on Ray Train workers through
-``RayWorkerContext``; ``LocalContext`` runs it in one process (unit tests, the GPU benchmark).
-This module imports without Ray installed.
+"""The per-worker training loop: plain PyTorch behind a ``WorkerContext``
+(``app.train.context``).
 
 Data: each rank holds the dataset as uint8 tensors on its device and takes its own shard of a
 seeded permutation every epoch (what DistributedSampler does), so augmentation and
@@ -14,22 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import math
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import nn
 
-from app.config import TrainConfig
 from app.data import DatasetInfo, ImageSplits, augment, normalize
 from app.models import ModelSpec, build_model, cpu_state_dict, unwrap
+from app.train.context import WorkerContext
+from app.train.optim import Precision, lr_at, make_optimizer, resolve_precision
 
-CHECKPOINT_FILE = "state.pt"
-
+if TYPE_CHECKING:
+    from app.train.config import TrainConfig
 
 class MetricSink(Protocol):
     """Where rank 0's metrics go (MLflow in production); ``flush`` sends what is buffered."""
@@ -55,156 +50,6 @@ class FinalStep(Protocol):
     def __call__(
         self, model: nn.Module, history: list[dict[str, float]], global_step: int
     ) -> dict[str, float]: ...
-
-
-class WorkerContext(Protocol):
-    rank: int
-    world_size: int
-    device: torch.device
-
-    def wrap_model(self, model: nn.Module) -> nn.Module: ...
-
-    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor: ...
-
-    def load_checkpoint(self) -> dict[str, Any] | None: ...
-
-    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None: ...
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-class LocalContext:
-    """One process, no Ray: keeps the latest checkpoint state in memory."""
-
-    def __init__(self, device: torch.device | None = None) -> None:
-        self.rank, self.world_size = 0, 1
-        self.device = device or pick_device()
-        self.checkpoint: dict[str, Any] | None = None
-        self.reports: list[dict[str, float]] = []
-
-    def wrap_model(self, model: nn.Module) -> nn.Module:
-        return model.to(self.device)
-
-    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        return values
-
-    def load_checkpoint(self) -> dict[str, Any] | None:
-        return self.checkpoint
-
-    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        self.reports.append(metrics)
-        if state is not None:
-            self.checkpoint = state
-
-
-class RayWorkerContext:
-    """A Ray Train worker: DDP through ``prepare_model``, checkpoints through ``report``."""
-
-    def __init__(self) -> None:
-        import ray.train
-        import ray.train.torch
-
-        context = ray.train.get_context()
-        self.rank = context.get_world_rank()
-        self.world_size = context.get_world_size()
-        self.device = ray.train.torch.get_device()
-
-    def wrap_model(self, model: nn.Module) -> nn.Module:
-        import ray.train.torch
-
-        return ray.train.torch.prepare_model(model)
-
-    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(values)
-        return values
-
-    def load_checkpoint(self) -> dict[str, Any] | None:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as folder:
-            return load_state(Path(folder))
-
-    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        import ray.train
-
-        # report() is a collective: every rank calls it, only rank 0 passes the checkpoint.
-        with tempfile.TemporaryDirectory() as folder:
-            checkpoint = None
-            if state is not None:
-                save_state(state, Path(folder))
-                checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=checkpoint)
-
-
-def save_state(state: dict[str, Any], folder: Path) -> None:
-    torch.save(state, folder / CHECKPOINT_FILE)
-
-
-def load_state(folder: Path) -> dict[str, Any]:
-    # weights_only: a checkpoint holds tensors, numbers, strings and containers, never code.
-    state: dict[str, Any] = torch.load(
-        folder / CHECKPOINT_FILE, map_location="cpu", weights_only=True
-    )
-    return state
-
-
-# ---------------------------------------------------------------------------------------------
-# Precision, optimizer, schedule
-
-
-@dataclass(frozen=True)
-class Precision:
-    autocast_dtype: torch.dtype | None  # None: full fp32
-    grad_scaler: bool  # fp16 needs loss scaling, bf16 does not
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
-
-
-def resolve_precision(requested: str, device: torch.device) -> Precision:
-    """Mixed precision on GPU only: bf16 where the GPU supports it, else fp16 with a scaler."""
-    if device.type != "cuda" or requested == "off":
-        return Precision(None, False)
-    bf16_ok = torch.cuda.is_bf16_supported()
-    if requested == "bf16" or (requested == "auto" and bf16_ok):
-        return Precision(torch.bfloat16, False)
-    return Precision(torch.float16, True)
-
-
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    # No weight decay on norms and biases: standard practice for both architectures.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-
-
-def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    """Learning rate for optimizer step ``step`` (0-based). Computed, not stateful, so a
-    resumed run continues the schedule from its global step."""
-    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total_steps - 1)
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    if cfg.lr_schedule == "step":
-        return cfg.lr * (0.1 ** sum(step >= total_steps * f for f in (0.5, 0.75)))
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    if cfg.lr_schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
-    return cfg.lr * max(0.0, 1 - progress)  # onecycle: linear warm-up, linear decay to zero
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from mlflow.entities import Run
 from torch import nn
 
 from app import tracking
-from app.config import TrainConfig
+from app.train.config import TrainConfig
 from app.data import ImageSplits, load_dataset
 from app.evaluation import (
     evaluate_model,
@@ -33,7 +33,8 @@ from app.evaluation import (
     plot_learning_curve,
 )
 from app.models import ModelSpec, cpu_state_dict
-from app.training import RayWorkerContext, train_worker
+from app.train.context import RayWorkerContext
+from app.train.loop import train_worker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Ray Train gives a worker group 60 s to start; on a busy 2-core laptop importing torch in

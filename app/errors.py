@@ -1,0 +1,14 @@
+"""Errors a job raises that the command line turns into a message and an exit status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class JobFailedError(RuntimeError):
+    """The job ran and its answer is no (a refused promotion, failed checks): the message
+    explains, ``results`` still goes to --results-json, the exit status is non-zero."""
+
+    def __init__(self, message: str, results: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.results = results

@@ -1,0 +1,1 @@
+"""Training one model (jobs/train.py)."""

@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps (jobs/tune.py)."""

@@ -1,0 +1,248 @@
+"""Hyperparameter sweeps: Ray Tune over Ray Train, one nested MLflow run per trial.
+
+Ray 2.60 pattern (Train V2): each Tune trial is a function that builds and fits a
+``TorchTrainer`` (``app.train.driver.fit``) with ``TuneReportCallback``, so every epoch's
+metrics reach the scheduler (ASHA stops weak trials at its rungs). The trial function itself
+holds a small CPU fraction; its Train workers hold the rest.
+
+MLflow: the sweep driver opens one parent run; each trial's ``fit`` opens exactly one child
+run under it (named after the trial, so a resumed trial finds and continues its own run); a
+driver-side Tune callback closes runs of trials that Tune stopped (KILLED) or that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from app import tracking
+from app.config import ConfigError
+from app.data import ImageSplits, load_dataset
+from app.train.config import TrainConfig
+from app.tune.config import TuneConfig, validate_before_start
+from app.tune.plan import TRIAL_DRIVER_CPU, plan_trials
+from app.tune.report import SWEEP_TAG, TRIAL_TAG, summarise
+
+# ---------------------------------------------------------------------------------------------
+# The sweep
+
+
+def _trial_function(
+    trial_params: dict[str, Any],
+    base: dict[str, Any],
+    sweep: str,
+    parent_run_id: str,
+    splits: ImageSplits,
+) -> None:
+    """One trial: a TorchTrainer fit whose epochs report to Tune, logged as a child run."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from app.train.driver import fit
+
+    trial_id = tune.get_context().get_trial_id()
+    cfg = TrainConfig.model_validate({**base, **trial_params, "run_name": f"{sweep}-{trial_id}"})
+    fit(
+        cfg,
+        splits,
+        parent_run_id=parent_run_id,
+        callbacks=[TuneReportCallback()],
+        extra_tags={SWEEP_TAG: sweep, TRIAL_TAG: trial_id},
+        close_run_on_error=False,
+    )
+
+
+def _mlflow_closer(experiment: str, parent_run_id: str) -> Any:
+    """A Tune callback (driver side) that gives every trial's run its final status: a trial
+    Tune stopped early never reaches the end of ``fit``, so its run is closed here."""
+    from ray.tune import Callback
+
+    class MlflowTrialCloser(Callback):
+        def _close(self, trial: Any, error: bool) -> None:
+            experiment_id = tracking.ensure_experiment(experiment)
+            runs = tracking.client().search_runs(
+                [experiment_id],
+                filter_string=f"tags.{TRIAL_TAG} = '{trial.trial_id}' and "
+                f"tags.mlflow.parentRunId = '{parent_run_id}'",
+            )
+            for run in runs:
+                if run.info.status != "RUNNING":
+                    continue  # the trial's own fit() closed it
+                # Logged its test metrics: it trained every epoch and was stopped only at its
+                # final report. Otherwise the scheduler stopped it early (or it failed).
+                completed = "test_accuracy" in run.data.metrics
+                status = "FAILED" if error else "FINISHED" if completed else "KILLED"
+                tracking.set_tags(
+                    run.info.run_id,
+                    {"trial_status": status, "early_stopped": str(status == "KILLED")},
+                )
+                tracking.client().set_terminated(run.info.run_id, status=status)
+
+        def on_trial_complete(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            self._close(trial, error=False)
+
+        def on_trial_error(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            self._close(trial, error=True)
+
+    return MlflowTrialCloser()
+
+
+def _latest_sweep(storage: Path, prefix: str) -> str | None:
+    candidates = sorted(
+        (p for p in storage.glob(f"{prefix}-*") if (p / "tuner.pkl").exists()),
+        key=lambda p: p.stat().st_mtime,
+    )
+    return candidates[-1].name if candidates else None
+
+
+def _find_parent_run(experiment: str, sweep: str) -> str | None:
+    found = tracking.client().search_runs(
+        [tracking.ensure_experiment(experiment)],
+        filter_string=f"tags.{SWEEP_TAG} = '{sweep}' and tags.sweep_parent = 'true'",
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
+def run_sweep(cfg: TuneConfig) -> dict[str, Any]:
+    """Run (or resume) a sweep; tag the best trial, register its model; return the summary."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    from app.train.driver import ensure_ray
+
+    started = time.perf_counter()
+    space, warm_start = validate_before_start(cfg)
+    tracking.configure()
+    splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed)
+    ensure_ray()
+    resources = ray.cluster_resources()
+    plan = plan_trials(cfg, resources.get("CPU", 0), resources.get("GPU", 0))
+    base = {**cfg.trial_base(), "cpus_per_worker": plan.cpus_per_worker}
+    storage = Path(cfg.storage_path or Path.home() / "ray_results").expanduser()
+    if cfg.storage_path and "://" in cfg.storage_path:
+        storage_uri = cfg.storage_path
+    else:
+        storage.mkdir(parents=True, exist_ok=True)
+        storage_uri = str(storage.resolve())
+    base["storage_path"] = storage_uri
+
+    prefix = f"tune-{cfg.dataset}-{cfg.model}"
+    sweep = (
+        cfg.run_name
+        or (_latest_sweep(storage, prefix) if cfg.resume else None)
+        or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    parent_run_id = _find_parent_run(cfg.experiment, sweep) if cfg.resume else None
+    if parent_run_id is None:
+        parent_run_id = tracking.start_run(
+            cfg.experiment,
+            sweep,
+            {
+                "search_space": json.dumps(space.describe()),
+                "scheduler": cfg.scheduler,
+                "search": cfg.search,
+                "num_samples": cfg.num_samples,
+                "max_concurrent": plan.max_concurrent,
+                "metric": cfg.metric,
+                "mode": cfg.mode,
+                "grace_period": cfg.grace_period,
+                "reduction_factor": cfg.reduction_factor,
+                "cluster_cpus": plan.cluster_cpus,
+                "cluster_gpus": plan.cluster_gpus,
+                "cpus_per_worker": plan.cpus_per_worker,
+                "trial": base,
+            },
+            {
+                SWEEP_TAG: sweep,
+                "sweep_parent": "true",
+                "dataset": cfg.dataset,
+                "git_commit": tracking.git_commit() or "",
+            },
+        )
+    print(
+        f"sweep {sweep}: {cfg.num_samples} trials, {plan.max_concurrent} at once, "
+        f"{cfg.num_workers} workers x {plan.cpus_per_worker} CPU each; "
+        f"MLflow parent run {parent_run_id}",
+        flush=True,
+    )
+
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trial_function, base=base, sweep=sweep, parent_run_id=parent_run_id, splits=splits
+        ),
+        {"CPU": TRIAL_DRIVER_CPU},
+    )
+    run_config = tune.RunConfig(
+        name=sweep,
+        storage_path=storage_uri,
+        callbacks=[_mlflow_closer(cfg.experiment, parent_run_id)],
+        failure_config=tune.FailureConfig(max_failures=0),
+    )
+    if cfg.resume and tune.Tuner.can_restore(f"{storage_uri}/{sweep}"):
+        print(f"resuming sweep from {storage_uri}/{sweep}", flush=True)
+        tuner = tune.Tuner.restore(
+            f"{storage_uri}/{sweep}",
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
+    else:
+        if cfg.resume:
+            raise ConfigError(f"--resume: no sweep to resume at {storage_uri}/{sweep}")
+        if cfg.search == "hyperopt":
+            search_alg: Any = ConcurrencyLimiter(
+                HyperOptSearch(
+                    metric=cfg.metric,
+                    mode=cfg.mode,
+                    random_state_seed=cfg.seed,
+                    points_to_evaluate=warm_start or None,
+                ),
+                max_concurrent=plan.max_concurrent,
+            )
+        else:
+            search_alg = BasicVariantGenerator(
+                points_to_evaluate=warm_start or None,
+                random_state=cfg.seed,
+                max_concurrent=plan.max_concurrent,
+            )
+        scheduler = (
+            ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=cfg.epochs,
+                grace_period=min(cfg.grace_period, cfg.epochs),
+                reduction_factor=cfg.reduction_factor,
+            )
+            if cfg.scheduler == "asha"
+            else FIFOScheduler()
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space.to_tune(grid=cfg.search == "grid"),
+            tune_config=tune.TuneConfig(
+                metric=cfg.metric,
+                mode=cfg.mode,
+                num_samples=cfg.num_samples,
+                search_alg=search_alg,
+                scheduler=scheduler,
+                max_concurrent_trials=plan.max_concurrent,
+            ),
+            run_config=run_config,
+        )
+    tuner.fit()
+    summary = summarise(cfg, sweep, parent_run_id, space)
+    summary["wall_seconds"] = time.perf_counter() - started
+    tracking.client().set_terminated(parent_run_id, status="FINISHED")
+    return summary
+
+
