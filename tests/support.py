@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -12,13 +11,19 @@ from typing import Any
 
 import requests
 
+# One free_port for the launcher and the tests, re-exported here.
+from cluster.mlflow.processes import free_port
+
+__all__ = [
+    "TERMINAL_JOB_STATES",
+    "JobsApi",
+    "free_port",
+    "http_ok",
+    "stop_process_group",
+    "wait_for",
+]
+
 TERMINAL_JOB_STATES = {"SUCCEEDED", "FAILED", "STOPPED"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:

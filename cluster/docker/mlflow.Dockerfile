@@ -1,5 +1,7 @@
-# The MLflow tracking server of the Helm chart cluster/charts/mlflow: MLflow with the PostgreSQL
-# driver and boto3 for S3 artifacts, at the versions of the project's lock file.
+# The MLflow tracking server of the Helm chart cluster/charts/mlflow: MLflow with the auth extra
+# (Flask-WTF: the chart runs `--app-name=basic-auth`), the PostgreSQL driver and boto3 for S3
+# artifacts: the project's `server` extra, at the versions of requirements-dev.lock (the base
+# requirements.lock, which the Ray image installs, leaves the server-only packages out).
 # Build from the repository root (03-mlflow.sh does, then pushes it to ECR):
 #   docker build -f cluster/docker/mlflow.Dockerfile -t rayvision-mlflow:dev .
 FROM python:3.11-slim-bookworm
@@ -7,9 +9,10 @@ FROM python:3.11-slim-bookworm
 # The chart runs the server as uid/gid 1000 with a read-only root filesystem.
 RUN groupadd --gid 1000 mlflow && useradd --uid 1000 --gid 1000 --no-create-home mlflow
 
-COPY requirements.lock /tmp/requirements.lock
-RUN pip install --no-cache-dir --constraint /tmp/requirements.lock mlflow psycopg2-binary boto3 \
-    && rm /tmp/requirements.lock
+COPY requirements-dev.lock /tmp/requirements-dev.lock
+RUN pip install --no-cache-dir --constraint /tmp/requirements-dev.lock \
+        "mlflow[auth]" psycopg2-binary boto3 \
+    && rm /tmp/requirements-dev.lock
 
 USER mlflow
 ENV HOME=/tmp

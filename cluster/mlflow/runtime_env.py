@@ -22,18 +22,10 @@ from urllib.parse import urlparse
 
 import yaml
 
-from app.mlflow_server import CLIENT_ENV
+from app.tracking import FORWARDED_ENV
+from cluster.mlflow.settings import CLIENT_ENV
 
 RUNTIME_ENV = Path(__file__).resolve().parents[2] / "runtime_env.yaml"
-FORWARDED = (
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-    *CLIENT_ENV,
-)
 
 
 def _netrc_login(uri: str, environ: Mapping[str, str]) -> tuple[str, str] | None:
@@ -47,7 +39,7 @@ def _netrc_login(uri: str, environ: Mapping[str, str]) -> tuple[str, str] | None
 
 def runtime_env(environ: Mapping[str, str]) -> dict[str, Any]:
     env: dict[str, Any] = yaml.safe_load(RUNTIME_ENV.read_text()) or {}
-    variables = {**CLIENT_ENV, **{k: environ[k] for k in FORWARDED if environ.get(k)}}
+    variables = {**CLIENT_ENV, **{k: environ[k] for k in FORWARDED_ENV if environ.get(k)}}
     uri = variables.get("MLFLOW_TRACKING_URI", "")
     if uri.startswith("http") and "MLFLOW_TRACKING_PASSWORD" not in variables:
         login = _netrc_login(uri, environ)

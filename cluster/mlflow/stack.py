@@ -16,60 +16,59 @@ import sys
 import tempfile
 from pathlib import Path
 
-from app import mlflow_server as ms
-
-DEFAULT_RUN_DIR = Path(__file__).resolve().parents[2] / ".mlflow-stack"
-
-
-def run_dir() -> Path:
-    return Path(os.environ.get("MLFLOW_STACK_DIR") or DEFAULT_RUN_DIR)
+from cluster.mlflow import launcher
+from cluster.mlflow.postgres import ensure_database, libpq_env
+from cluster.mlflow.processes import is_running
+from cluster.mlflow.s3_artifacts import download_artifacts, upload_artifacts
+from cluster.mlflow.settings import CLIENT_ENV, LauncherError, ServerSettings
+from cluster.mlflow.stack_state import load_state, resolve_connection, run_dir
 
 
 def _up(_: argparse.Namespace) -> None:
-    settings = ms.ServerSettings.from_env(os.environ)
-    state = ms.start_stack(settings, run_dir())
+    settings = ServerSettings.from_env(os.environ)
+    state = launcher.start_stack(settings, run_dir())
     print(f"MLflow server: {state.tracking_uri}")
-    client_env = " ".join(f"{name}={value}" for name, value in ms.CLIENT_ENV.items())
+    client_env = " ".join(f"{name}={value}" for name, value in CLIENT_ENV.items())
     print(f"  export MLFLOW_TRACKING_URI={state.tracking_uri} {client_env}")
     print("  export MLFLOW_TRACKING_USERNAME=<user> MLFLOW_TRACKING_PASSWORD=<password>")
-    store = ms.libpq_env(state.backend_store_uri)
+    store = libpq_env(state.backend_store_uri)
     print(f"  store: database {store['PGDATABASE']} on {store['PGHOST']}")
     print(f"  artifacts: {state.artifacts_destination} at {state.s3.endpoint_url or 'AWS S3'}")
 
 
 def _down(_: argparse.Namespace) -> None:
-    stopped = ms.stop_stack(run_dir())
+    stopped = launcher.stop_stack(run_dir())
     print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
 
 
 def _start_server(_: argparse.Namespace) -> None:
-    state = ms.start_server(ms.ServerSettings.from_env(os.environ), run_dir())
+    state = launcher.start_server(ServerSettings.from_env(os.environ), run_dir())
     print(f"MLflow server: {state.tracking_uri}")
 
 
 def _stop_server(_: argparse.Namespace) -> None:
-    print("stopped" if ms.stop_server(run_dir()) else "the MLflow server was not running")
+    print("stopped" if launcher.stop_server(run_dir()) else "the MLflow server was not running")
 
 
 def _status(_: argparse.Namespace) -> None:
-    state = ms.load_state(run_dir())
-    if state is None or not ms.is_running(state.server):
+    state = load_state(run_dir())
+    if state is None or not is_running(state.server):
         print("MLflow server: not running")
         sys.exit(1)
     print(f"MLflow server: running at {state.tracking_uri}")
-    if ms.is_running(state.s3_endpoint):
+    if is_running(state.s3_endpoint):
         print(f"development S3 endpoint: running at {state.s3.endpoint_url}")
 
 
 def _serve(_: argparse.Namespace) -> None:
-    ms.serve(ms.ServerSettings.from_env(os.environ), Path(tempfile.mkdtemp(prefix="mlflow-")))
+    launcher.serve(ServerSettings.from_env(os.environ), Path(tempfile.mkdtemp(prefix="mlflow-")))
 
 
 def _env(_: argparse.Namespace) -> None:
     """Shell exports for scripts: PG* for psql / pg_dump / pg_restore, and the bucket."""
-    connection = ms.resolve_connection(run_dir(), os.environ)
+    connection = resolve_connection(run_dir(), os.environ)
     exports = {
-        **ms.libpq_env(connection.backend_store_uri),
+        **libpq_env(connection.backend_store_uri),
         "MLFLOW_BACKEND_STORE_URI": connection.backend_store_uri,
         "MLFLOW_ARTIFACTS_DESTINATION": connection.artifacts_destination,
         **connection.s3.env(),
@@ -79,16 +78,16 @@ def _env(_: argparse.Namespace) -> None:
 
 
 def _create_db(args: argparse.Namespace) -> None:
-    connection = ms.resolve_connection(run_dir(), os.environ)
-    ms.ensure_database(connection.backend_store_uri, require_empty=args.empty)
+    connection = resolve_connection(run_dir(), os.environ)
+    ensure_database(connection.backend_store_uri, require_empty=args.empty)
 
 
 def _artifacts(args: argparse.Namespace) -> None:
-    connection = ms.resolve_connection(run_dir(), os.environ)
+    connection = resolve_connection(run_dir(), os.environ)
     if args.direction == "download":
-        count = ms.download_artifacts(connection, args.directory)
+        count = download_artifacts(connection, args.directory)
     else:
-        count = ms.upload_artifacts(connection, args.directory)
+        count = upload_artifacts(connection, args.directory)
     print(f"{args.direction}ed {count} artifact files ({connection.artifacts_destination})")
 
 
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         handlers[args.command](args)
-    except ms.LauncherError as error:
+    except LauncherError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
 

@@ -26,8 +26,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.server.auth.client import AuthServiceClient
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.mlflow_server import ENV_VARS, check_password, load_state
-from cluster.mlflow.stack import run_dir
+from cluster.mlflow.settings import ENV_VARS, check_password
+from cluster.mlflow.stack_state import load_state, run_dir
 
 Level = Literal["READ", "USE", "EDIT", "MANAGE"]
 ALL = "*"

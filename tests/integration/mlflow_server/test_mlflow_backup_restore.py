@@ -12,7 +12,8 @@ from mlflow.entities import Metric, ViewType
 from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
-from app.mlflow_server import split_s3_uri, start_server, stop_server
+from cluster.mlflow.launcher import start_server, stop_server
+from cluster.mlflow.settings import split_s3_uri
 
 from .conftest import Stack, drop_database
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.mlflow_server import CLIENT_ENV
+from cluster.mlflow.settings import CLIENT_ENV
 
 from .conftest import REPO, Stack
 

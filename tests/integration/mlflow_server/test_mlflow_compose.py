@@ -19,15 +19,14 @@ import requests
 import yaml
 from sqlalchemy.engine import make_url
 
-from app.mlflow_server import (
+from cluster.mlflow.settings import (
     DEFAULT_ARTIFACTS_DESTINATION,
     DEFAULT_PORT,
     ENV_VARS,
     ServerSettings,
-    free_port,
     split_s3_uri,
 )
-from tests.support import http_ok, stop_process_group, wait_for
+from tests.support import free_port, http_ok, stop_process_group, wait_for
 
 from .conftest import REPO, Stack, database_exists, drop_database, store_uri
 

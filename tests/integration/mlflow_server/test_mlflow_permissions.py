@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.mlflow_server import LEGACY_DEFAULT_ADMIN_PASSWORD
+from cluster.mlflow.settings import LEGACY_DEFAULT_ADMIN_PASSWORD
 
 from .conftest import Stack
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app.mlflow_server import LEGACY_DEFAULT_ADMIN_PASSWORD, free_port
+from cluster.mlflow.settings import LEGACY_DEFAULT_ADMIN_PASSWORD
+from tests.support import free_port
 
 from .conftest import Stack, database_exists, store_uri
 

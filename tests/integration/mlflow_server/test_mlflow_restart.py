@@ -10,7 +10,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from app.mlflow_server import is_running, start_server, stop_server
+from cluster.mlflow.launcher import start_server, stop_server
+from cluster.mlflow.processes import is_running
 
 from .conftest import Stack
 
