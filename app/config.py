@@ -14,18 +14,95 @@ import sys
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    TypeAlias,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+)
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    ValidationError,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
+
+from app.datasets import dataset_names
+from app.models import architecture_names
 
 ENV_PREFIX = "RAYVISION_"
 
-DatasetName = Literal["digits", "cifar10", "cifar100", "fashion_mnist"]
-ModelName = Literal["resnet18", "mobilenet_v3_small", "mobilenet_v3_large"]
+
+class RegistryName:
+    """A str field whose choices are a registry's names, read when a value is validated: a
+    dataset or architecture registered after import is accepted, and ``--help`` lists it."""
+
+    @classmethod
+    def choices(cls) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    @classmethod
+    def validate(cls, value: str) -> str:
+        choices = cls.choices()
+        if value not in choices:
+            *rest, last = [repr(c) for c in choices] or ["(none registered)"]
+            expected = f"{', '.join(rest)} or {last}" if rest else last
+            # The message pydantic gives a Literal, so errors read the same for every choice.
+            raise PydanticCustomError(
+                "literal_error", "Input should be {expected}", {"expected": expected}
+            )
+        return value
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(cls.validate, core_schema.str_schema())
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {"type": "string", "enum": list(cls.choices())}
+
+
+class DatasetChoice(RegistryName):
+    """The name of a registered dataset (``app/datasets/catalog/``)."""
+
+    @classmethod
+    def choices(cls) -> tuple[str, ...]:
+        return dataset_names()
+
+
+class ModelChoice(RegistryName):
+    """The name of a registered architecture (``app/models/catalog/``)."""
+
+    @classmethod
+    def choices(cls) -> tuple[str, ...]:
+        return architecture_names()
+
+
+if TYPE_CHECKING:  # a plain str to the type checker; validated against the registry at run time
+    DatasetName: TypeAlias = str
+    ModelName: TypeAlias = str
+else:
+    DatasetName = DatasetChoice
+    ModelName = ModelChoice
+
 # MLflow registered-model names: letters, digits and - _ . (no slashes, no spaces).
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+
+
 class JobConfig(BaseModel):
     """Fields every job shares."""
 
@@ -33,10 +110,9 @@ class JobConfig(BaseModel):
 
     results_json: Path | None = Field(None, description="write a JSON summary of the job here")
 
+
 # Options several jobs share, declared once.
-Experiment = Annotated[
-    str, Field(min_length=1, max_length=256, description="MLflow experiment")
-]
+Experiment = Annotated[str, Field(min_length=1, max_length=256, description="MLflow experiment")]
 
 
 class DatasetOptions(JobConfig):
@@ -66,6 +142,8 @@ def _is_bool(annotation: Any) -> bool:
 
 
 def _choices(annotation: Any) -> tuple[Any, ...]:
+    if isinstance(annotation, type) and issubclass(annotation, RegistryName):
+        return annotation.choices()
     if get_origin(annotation) is Literal:
         return get_args(annotation)
     if get_origin(annotation) in (Union, types.UnionType):

@@ -38,15 +38,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from app.train.config import TrainConfig
-from app.data import DATASETS, ImageSplits
+from app.datasets import ImageSplits, dataset_info
 from app.devices import pick_device
+from app.models import architecture_names
+from app.train.config import TrainConfig
 from app.train.context import LocalContext
 from app.train.loop import train_worker
 from app.train.optim import resolve_precision
 from benchmarks.baselines import naive_epochs, plain_epochs
 
-MODELS = ("resnet18", "mobilenet_v3_small", "mobilenet_v3_large")
+MODELS = architecture_names()  # every registered architecture (app/models/catalog/)
 T = TypeVar("T")
 
 
@@ -60,7 +61,7 @@ def synthetic_cifar(n_train: int, n_eval: int, seed: int = 0) -> ImageSplits:
         return torch.randint(0, 10, (n,), generator=generator)
 
     return ImageSplits(
-        DATASETS["cifar10"],
+        dataset_info("cifar10"),
         images(n_train), labels(n_train),
         images(n_eval), labels(n_eval),
         images(n_eval), labels(n_eval),

@@ -1,0 +1,48 @@
+"""Datasets: a registry of one module per dataset, their published-format readers, the splits
+and the batch transforms used in training and serving.
+
+Every dataset is held in memory as uint8 tensors shaped (N, C, H, W): CIFAR-10/100 and
+Fashion-MNIST are small enough, and it lets augmentation and normalisation run per batch on
+whatever device trains.
+
+- ``catalog/``: one module per dataset (digits, cifar10, cifar100, fashion_mnist), each
+  registering a ``Dataset``: its ``DatasetInfo``, its ``Download`` and its reader.
+- ``formats``: readers of the published formats (CIFAR's pickles through an arrays-only
+  unpickler, IDX).
+- ``fetch``: the one helper that finds a dataset's files under ``--data-dir`` or downloads them
+  (checksums verified), and otherwise says how to get them.
+- ``splits``: train / val / test splits and the data fingerprint; ``transforms``: normalize,
+  augment.
+"""
+
+from app.datasets.fetch import Download, RemoteFile
+from app.datasets.info import DatasetInfo, DatasetUnavailableError, RawArrays
+from app.datasets.registry import (
+    Dataset,
+    dataset_info,
+    dataset_names,
+    get_dataset,
+    register_dataset,
+    unregister_dataset,
+)
+from app.datasets.splits import ImageSplits, fingerprint, load_dataset
+from app.datasets.transforms import augment, normalize
+
+__all__ = [
+    "Dataset",
+    "DatasetInfo",
+    "DatasetUnavailableError",
+    "Download",
+    "ImageSplits",
+    "RawArrays",
+    "RemoteFile",
+    "augment",
+    "dataset_info",
+    "dataset_names",
+    "fingerprint",
+    "get_dataset",
+    "load_dataset",
+    "normalize",
+    "register_dataset",
+    "unregister_dataset",
+]
