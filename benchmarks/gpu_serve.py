@@ -4,9 +4,9 @@ at batch sizes 1..256, on one GPU.
     python benchmarks/gpu_serve.py             # one GPU: resnet18, mobilenet_v3_small/large
     python benchmarks/gpu_serve.py --quick     # CPU, batch sizes 1..32: the code path, < 2 min
 
-(a) served: ``Predictor.serve_proba``, what each replica of serve.app runs per dynamic batch:
-    uint8 images from host memory to the device, normalisation there, the float16 forward pass
-    (float32 on CPU), softmax, probabilities back to the host;
+(a) served: ``Predictor.serve_proba``, what each Classifier replica (serve/service.py) runs
+    per dynamic batch: uint8 images from host memory to the device, normalisation there, the
+    float16 forward pass (float32 on CPU), softmax, probabilities back to the host;
 (b) bare: ``model(x)`` at the same precision on an input already normalised on the device.
 
 The HTTP and Ray Serve hops around it are what benchmarks/serve_load.py measures. Models are
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import torch
 
-from app.data import DATASETS, normalize
+from app.datasets import dataset_info, normalize
 from app.inference import Predictor, serving_dtype
 from app.models import ModelSpec, build_model
 from benchmarks.gpu_train import MODELS, bench_device, describe_device, emit
@@ -82,7 +82,7 @@ def measure(classifier: Predictor, size: int, seconds: float) -> dict[str, Any]:
 def bench_model(
     architecture: str, device: torch.device, sizes: list[int], seconds: float
 ) -> list[dict[str, Any]]:
-    spec = ModelSpec.for_dataset(architecture, DATASETS["cifar10"])
+    spec = ModelSpec.for_dataset(architecture, dataset_info("cifar10"))
     classifier = Predictor.on_device(build_model(spec), spec, device)
     return [measure(classifier, size, seconds) for size in sizes]
 

@@ -7,7 +7,7 @@ Starts a private local Ray and Serve (free ports; nothing shared is touched) in 
 the project's clusters run (serve/throughput.py: HAProxy in front; set RAY_SERVE_ENABLE_HA_PROXY=0
 and RAY_SERVE_THROUGHPUT_OPTIMIZED=0 to measure Ray's default proxy instead), registers an
 untrained model in a temporary MLflow store (throughput does not depend on the weights),
-deploys serve.app with serve/config.yaml's options and one Classifier replica, and drives
+deploys serve.service with serve/config.yaml's options and one Classifier replica, and drives
 ``--clients`` threads, each posting one PNG to /predict over a keep-alive connection (a held-out
 digit; with ``--dataset cifar10`` a 32x32 colour picture for a CIFAR-sized model):
 
@@ -35,7 +35,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -49,12 +48,12 @@ for _name, _value in HIGH_THROUGHPUT_ENV.items():
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
+from ray.serve import Application  # noqa: E402
 
-from app import tracking  # noqa: E402
-from app.data import DATASETS, load_dataset  # noqa: E402
+from app import model_registry, tracking  # noqa: E402
+from app.datasets import dataset_info, load_dataset  # noqa: E402
 from app.models import ModelSpec, build_model, cpu_state_dict  # noqa: E402
-from serve import app as served  # noqa: E402
+from serve import service  # noqa: E402
 from serve.client import png_bytes  # noqa: E402
 
 MODEL_NAME = "bench-digits"
@@ -120,25 +119,22 @@ def register_untrained(spec: ModelSpec) -> str:
     example = np.zeros((2, spec.image_size, spec.image_size), dtype=np.uint8)
     if spec.in_channels == 3:
         example = np.zeros((2, spec.image_size, spec.image_size, 3), dtype=np.uint8)
-    uri = tracking.log_model(run_id, cpu_state_dict(build_model(spec)), spec, example)
-    version = tracking.register_model(uri, MODEL_NAME)
-    tracking.set_alias(MODEL_NAME, "champion", version)
+    model_registry.log_model(run_id, cpu_state_dict(build_model(spec)), spec, example)
+    version = model_registry.register_version(run_id, MODEL_NAME, {}, alias="champion")
     return f"models:/{MODEL_NAME}/{version}"
 
 
-def application(batching: bool) -> Any:
-    """serve.app as serve/config.yaml configures it, with one Classifier replica; without
+def application(batching: bool) -> Application:
+    """serve.service as serve/config.yaml configures it, with one Classifier replica; without
     batching, the ingress's max_batch_size 1."""
-    config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
-    options = {d.pop("name"): d for d in config["applications"][0]["deployments"]}
+    options = service.deployment_options(service.load_config())
     classifier = options["Classifier"]
     classifier.pop("autoscaling_config")
     classifier["num_replicas"] = 1
     classifier["user_config"]["model_name"] = MODEL_NAME
     if not batching:
         options["ClassifierAPI"]["user_config"]["max_batch_size"] = 1
-    api = cast(Any, served.ClassifierAPI).options(**options["ClassifierAPI"])
-    return api.bind(cast(Any, served.ModelServer).options(**classifier).bind())
+    return service.build_app(options)
 
 
 class BatchCounter:
@@ -166,7 +162,7 @@ def bare_rps(
 ) -> float:
     """Images per second of the bare forward pass over the same mix of batch sizes."""
     torch.set_num_threads(1)  # the replica's share: Ray sets OMP_NUM_THREADS from its CPUs
-    classifier = tracking.load_predictor(model_uri)
+    classifier = model_registry.load_predictor(model_uri)
     rng = np.random.default_rng(0)
     seconds = 0.0
     for size, count in batch_counts.items():
@@ -202,12 +198,12 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from tests.support import free_port
+    from cluster.mlflow.processes import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench.db"
         os.environ["PYTHONPATH"] = str(REPO)
-        spec = ModelSpec.for_dataset(args.model, DATASETS[args.dataset])
+        spec = ModelSpec.for_dataset(args.model, dataset_info(args.dataset))
         model_uri = register_untrained(spec)
         if args.dataset == "digits":
             image = png_bytes(load_dataset("digits").x_test[0, 0].numpy())

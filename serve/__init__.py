@@ -1,1 +1,1 @@
-"""The Ray Serve application (``serve.app:app``), its config, client and Make targets."""
+"""The Ray Serve application (``serve.service:app``), its config, client and Make targets."""

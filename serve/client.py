@@ -83,10 +83,10 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def sample_digit(index: int = 0) -> tuple[bytes, str]:
     """A digit from the held-out test split of ``digits`` as PNG bytes, with its true label."""
-    # Run as a script, sys.path starts with serve/ (where app.py is the Serve app): put the
-    # repository root first so ``app`` is the library.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from app.data import load_dataset
+    # Run as a script (``python serve/client.py``), sys.path has serve/ but not the repository
+    # root, where the ``app`` library is.
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+    from app.datasets import load_dataset
 
     splits = load_dataset("digits")
     return png_bytes(splits.x_test[index, 0].numpy()), splits.info.classes[splits.y_test[index]]

@@ -23,8 +23,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from app import tracking
-from app.data import load_dataset
+from app import model_registry
+from app.datasets import load_dataset
 from serve.client import ServeClient, png_bytes
 from tests.conftest import BIN, REPO, MlflowServer, RayCluster
 from tests.model_factory import digits_state, log_digits_model
@@ -88,9 +88,9 @@ def registered(mlflow_server: MlflowServer) -> Iterator[Registered]:
         splits = load_dataset("digits")
         run_id, accuracy = log_digits_model(digits_state(epochs=4), "e2e-serve", splits)
         for version in ("1", "2"):
-            assert tracking.register_model(f"runs:/{run_id}/model", MODEL_NAME) == version
-        tracking.set_alias(MODEL_NAME, "champion", "1")
-        classifier = tracking.load_predictor(f"models:/{MODEL_NAME}/1")
+            assert model_registry.register_version(run_id, MODEL_NAME, {}) == version
+        model_registry.set_alias(MODEL_NAME, "champion", "1")
+        classifier = model_registry.load_predictor(f"models:/{MODEL_NAME}/1")
         yield Registered(
             run_id,
             accuracy,

@@ -1,0 +1,162 @@
+"""The model a replica serves, and how it changes: plain asyncio, no Ray.
+
+A new version is loaded and self-tested beside the current one, then one assignment swaps
+them: batches already running keep their reference to the old model, which is released when the
+last of them finishes. A switch that fails keeps the current model and records the error; the
+poller tries again every ``poll_interval_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from app.serving.served_model import ServedModel, Shape
+from app.serving.settings import ModelSettings
+from app.serving.source import resolve_source
+
+logger = logging.getLogger("ray.serve")
+
+# One decoded image and how many classes to rank for it.
+ImageRequest = tuple[np.ndarray, int]
+
+
+class NoModelError(RuntimeError):
+    """Nothing is loaded yet: the replica cannot answer."""
+
+
+class HolderObserver(Protocol):
+    """Told of every swap and every forward pass (Prometheus metrics in a replica)."""
+
+    def swapped(self, old: ServedModel | None, new: ServedModel) -> None: ...
+
+    def batch(self, served: ServedModel, size: int, seconds: float) -> None: ...
+
+
+class Unobserved:
+    def swapped(self, old: ServedModel | None, new: ServedModel) -> None:
+        pass
+
+    def batch(self, served: ServedModel, size: int, seconds: float) -> None:
+        pass
+
+
+class ModelHolder:
+    def __init__(self, device: torch.device, observer: HolderObserver | None = None) -> None:
+        self.device = device
+        self.settings = ModelSettings()
+        self.last_error: str | None = None
+        # How many forward passes ran at each batch size since start (for benchmarks).
+        self.batch_sizes: Counter[int] = Counter()
+        self._served: ServedModel | None = None
+        self._observer = observer or Unobserved()
+        self._swap_lock = asyncio.Lock()
+        self._poller: asyncio.Task[None] | None = None
+        # One forward pass at a time, off the event loop, which keeps taking the next batches.
+        self._forward = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+
+    @property
+    def served(self) -> ServedModel | None:
+        return self._served
+
+    def model(self) -> ServedModel:
+        if self._served is None:
+            raise NoModelError("no model loaded")
+        return self._served
+
+    async def configure(self, settings: ModelSettings) -> None:
+        """Start-up and every new user_config. The first load must succeed (no model, no
+        replica); a later failing switch keeps serving the current model. Starts the poller."""
+        self.settings = settings
+        if self._served is None:
+            await self.follow(settings)
+        else:
+            await self.follow_or_keep(settings)
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll())
+
+    async def follow(self, settings: ModelSettings) -> None:
+        """Load what the settings point at when it differs from what is served, then swap."""
+        async with self._swap_lock:
+            source = await asyncio.to_thread(resolve_source, settings)
+            current = self._served
+            if current is not None and current.source.same_model(source):
+                if current.source != source:  # reached another way (another alias, a pin)
+                    self._served = replace(current, source=source)
+                return
+            logger.info("loading %s", source.pinned_uri)
+            new = await asyncio.to_thread(ServedModel.load, source, self.device)
+            self._served = new  # the swap
+            self._observer.swapped(current, new)
+            logger.info("serving %s version %s", source.name, source.version)
+
+    async def follow_or_keep(self, settings: ModelSettings) -> None:
+        """``follow``, but a failure (registry down, alias missing, a model that fails its
+        self-test) keeps the current model and is recorded in ``last_error``."""
+        try:
+            await self.follow(settings)
+            self.last_error = None
+        except Exception as exc:  # registry down, alias missing, bad artifact: keep serving
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            logger.warning("keeping the current model: %s", self.last_error)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            await self.follow_or_keep(self.settings)
+
+    async def close(self) -> None:
+        """Stop the poller and the forward-pass thread."""
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+            self._poller = None
+        self._forward.shutdown(wait=False)
+
+    async def predict(self, requests: list[ImageRequest]) -> list[dict[str, Any] | None]:
+        """A batch of (decoded image, top-k) -> their predictions, in one forward pass. None for
+        an image decoded for another input shape than the served model's (a swap landed in
+        between: the caller decodes it again)."""
+        served = self.model()  # one model for the whole batch, even if a swap lands meanwhile
+        fits = [i for i, (image, _) in enumerate(requests) if image.shape == served.input_shape]
+        results: list[dict[str, Any] | None] = [None] * len(requests)
+        if not fits:
+            return results
+        started = time.perf_counter()
+        probabilities = await asyncio.get_running_loop().run_in_executor(
+            self._forward,
+            served.predictor.serve_proba,
+            np.stack([requests[i][0] for i in fits]),
+        )
+        self._observer.batch(served, len(fits), time.perf_counter() - started)
+        self.batch_sizes[len(fits)] += 1
+        for i, row in zip(fits, probabilities, strict=True):
+            results[i] = served.result(row, requests[i][1])
+        return results
+
+    def input_shape(self) -> Shape:
+        return self.model().input_shape
+
+    def check_health(self) -> None:
+        """Raises unless a model is loaded and passes its self-test."""
+        self.model().self_test()
+
+    def health(self) -> dict[str, Any]:
+        self.check_health()
+        return {"status": "ok", "model": self.model().ref}
+
+    def describe(self) -> dict[str, Any]:
+        """The served model, how often it is re-resolved, and the last failed switch."""
+        return {
+            **self.model().describe(),
+            "poll_interval_s": self.settings.poll_interval_s,
+            "last_error": self.last_error,
+        }

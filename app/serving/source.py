@@ -1,0 +1,25 @@
+"""Which registered model the settings mean, resolved through ``app.tracking``."""
+
+from __future__ import annotations
+
+from app import model_registry
+from app.serving.settings import ModelSettings
+
+
+def settings_uri(settings: ModelSettings) -> str:
+    """The model URI the settings name: a pinned run id wins over a pinned version, which wins
+    over the alias."""
+    name = settings.model_name
+    if settings.model_run_id:
+        return model_registry.run_model_uri(settings.model_run_id)
+    if settings.model_version:
+        return f"models:/{name}/{settings.model_version}"
+    return f"models:/{name}@{settings.model_alias}"
+
+
+def resolve_source(settings: ModelSettings) -> model_registry.ModelRef:
+    """Ask the registry what the settings point at right now (blocking: MLflow calls). A pinned
+    run reports the newest version registered from it under ``model_name``."""
+    return model_registry.resolve_model_uri(
+        settings_uri(settings), registered_as=settings.model_name
+    )
