@@ -12,10 +12,9 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 
 from app.config import ConfigError, ConfigT, parse_config
-from app.data import DatasetUnavailableError
+from app.datasets import DatasetUnavailableError
 from app.errors import JobFailedError
 from app.inference import ModelLoadError
-
 
 # Failures a user can fix from the message alone: no traceback for these.
 USER_ERRORS = (

@@ -9,22 +9,19 @@ errors, logged as an evaluation run linked to the model version, plus three beha
   are classified correctly.
 """
 
-
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import Field
 
-from app import tracking
+from app import model_registry, tracking
 from app.config import DatasetName, DatasetOptions, Experiment
-from app.data import ImageSplits, load_dataset
+from app.datasets import ImageSplits, load_dataset
 from app.errors import JobFailedError
-from app.evaluation import EvalReport, plot_confusion_matrix, plot_hardest_errors, score
+from app.evaluation import EvalReport, log_evaluation, score
 from app.inference import Predictor
 
 EVAL_EXPERIMENT = "model-evaluation"
@@ -123,76 +120,33 @@ def behavioural_checks(
 # Evaluation
 
 
-def evaluate(cfg: EvaluateConfig, splits: ImageSplits | None = None) -> dict[str, Any]:
-    """Score a model on a test split, run the checks, log an evaluation run; return results."""
-    tracking.configure()
-    ref = tracking.resolve_model_uri(cfg.model_uri)
-    classifier = tracking.load_predictor(cfg.model_uri)
-    dataset = cfg.dataset or classifier.spec.dataset
-    if dataset != classifier.spec.dataset:
-        raise ValueError(f"{cfg.model_uri} was trained on {classifier.spec.dataset}, not {dataset}")
-    splits = splits or load_dataset(dataset, cfg.data_dir, cfg.download)
-    probabilities = classifier.predict_proba(splits.x_test)
-    report = score(splits.y_test.numpy(), probabilities.argmax(1).numpy(), classifier.spec.classes)
-    checks = behavioural_checks(classifier, splits, report, cfg)
+def _open_evaluation_run(
+    cfg: EvaluateConfig,
+    ref: model_registry.ModelRef,
+    dataset: str,
+    fingerprint: str,
+    checks: list[CheckResult],
+) -> str:
+    params = {
+        "model_uri": cfg.model_uri,
+        "dataset": dataset,
+        **{f"check.{c.name}.threshold": c.threshold for c in checks},
+    }
+    tags = {
+        "model_uri": cfg.model_uri,
+        "model_name": ref.name or "",
+        "model_version": ref.version or "",
+        "source_run_id": ref.run_id,
+        "dataset": dataset,
+        "dataset_fingerprint": fingerprint,
+    }
+    name = f"eval-{ref.name or ref.run_id}-{ref.version or ''}".rstrip("-")
+    return tracking.start_run(cfg.experiment, name, params, tags)
 
-    run_id = tracking.start_run(
-        cfg.experiment,
-        f"eval-{ref.name or ref.run_id}-{ref.version or ''}".rstrip("-"),
-        {
-            "model_uri": cfg.model_uri,
-            "dataset": dataset,
-            **{f"check.{c.name}.threshold": c.threshold for c in checks},
-        },
-        {
-            "model_uri": cfg.model_uri,
-            "model_name": ref.name or "",
-            "model_version": ref.version or "",
-            "source_run_id": ref.run_id,
-            "dataset": dataset,
-            "dataset_fingerprint": splits.fingerprint,
-        },
-    )
-    buffer = tracking.MetricBuffer(run_id)
-    buffer.log(
-        {
-            "test_accuracy": report.accuracy,
-            "test_macro_f1": report.macro_f1,
-            **{c.name: c.value for c in checks},
-        },
-        step=0,
-    )
-    buffer.flush()
-    client = tracking.client()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        classes = classifier.spec.classes
-        client.log_artifact(
-            run_id, str(plot_confusion_matrix(report, classes, folder / "confusion_matrix.png"))
-        )
-        client.log_artifact(
-            run_id,
-            str(
-                plot_hardest_errors(
-                    splits.x_test,
-                    splits.y_test,
-                    probabilities,
-                    classes,
-                    folder / "hardest_errors.png",
-                )
-            ),
-        )
-    client.log_table(run_id, report.table(), "per_class_metrics.json")
-    passed = all(c.passed for c in checks)
-    tracking.set_tags(run_id, {"checks_passed": str(passed)})
-    client.set_terminated(run_id)
-    if ref.name and ref.version:
-        for key, value in {
-            "last_evaluation_run_id": run_id,
-            "last_evaluation_accuracy": f"{report.accuracy:.6f}",
-        }.items():
-            client.set_model_version_tag(ref.name, ref.version, key, value)
 
+def _print_verdict(
+    cfg: EvaluateConfig, report: EvalReport, checks: list[CheckResult], run_id: str
+) -> None:
     for check in checks:
         mark = "ok  " if check.passed else "FAIL"
         print(f"[{mark}] {check.name} = {check.value:.4f} (threshold {check.threshold})")
@@ -201,6 +155,36 @@ def evaluate(cfg: EvaluateConfig, splits: ImageSplits | None = None) -> dict[str
         f"(evaluation run {run_id})",
         flush=True,
     )
+
+
+def evaluate(cfg: EvaluateConfig, splits: ImageSplits | None = None) -> dict[str, Any]:
+    """Score a model on a test split, run the checks, log an evaluation run; return results."""
+    tracking.configure()
+    ref = model_registry.resolve_model_uri(cfg.model_uri)
+    predictor = model_registry.load_predictor(cfg.model_uri)
+    classes = predictor.spec.classes
+    dataset = cfg.dataset or predictor.spec.dataset
+    if dataset != predictor.spec.dataset:
+        raise ValueError(f"{cfg.model_uri} was trained on {predictor.spec.dataset}, not {dataset}")
+    splits = splits or load_dataset(dataset, cfg.data_dir, cfg.download)
+    probabilities = predictor.predict_proba(splits.x_test)
+    report = score(splits.y_test.numpy(), probabilities.argmax(1).numpy(), classes)
+    checks = behavioural_checks(predictor, splits, report, cfg)
+    run_id = _open_evaluation_run(cfg, ref, dataset, splits.fingerprint, checks)
+    buffer = tracking.MetricBuffer(run_id)
+    metrics = {"test_accuracy": report.accuracy, "test_macro_f1": report.macro_f1}
+    buffer.log({**metrics, **{c.name: c.value for c in checks}}, step=0)
+    buffer.drain()
+    client = tracking.client()
+    log_evaluation(client, run_id, report, probabilities, splits.x_test, splits.y_test, classes)
+    passed = all(c.passed for c in checks)
+    tracking.set_tags(run_id, {"checks_passed": str(passed)})
+    client.set_terminated(run_id)
+    if ref.name and ref.version:
+        client.set_model_version_tag(ref.name, ref.version, "last_evaluation_run_id", run_id)
+        accuracy = f"{report.accuracy:.6f}"
+        client.set_model_version_tag(ref.name, ref.version, "last_evaluation_accuracy", accuracy)
+    _print_verdict(cfg, report, checks, run_id)
     return {
         "model_uri": cfg.model_uri,
         "model_name": ref.name,
@@ -210,7 +194,7 @@ def evaluate(cfg: EvaluateConfig, splits: ImageSplits | None = None) -> dict[str
         **report.summary(),
         "checks": [{**asdict(c), "passed": c.passed} for c in checks],
         "checks_passed": passed,
-        "lineage": tracking.lineage(ref),
+        "lineage": model_registry.lineage(ref),
     }
 
 
@@ -220,5 +204,3 @@ def run_evaluation_job(cfg: EvaluateConfig) -> dict[str, Any]:
         failed = [c["name"] for c in results["checks"] if not c["passed"]]
         raise ChecksFailedError(f"behavioural checks failed: {', '.join(failed)}", results)
     return results
-
-

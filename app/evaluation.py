@@ -3,15 +3,21 @@ matrix, and the figures that go to MLflow (confusion matrix, learning curve, har
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from app.data import DatasetInfo, normalize
+from app.datasets import DatasetInfo, normalize
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+PER_CLASS_TABLE = "per_class_metrics.json"
 
 
 @dataclass
@@ -188,3 +194,32 @@ def plot_hardest_errors(
     if not len(hardest):
         fig.text(0.5, 0.5, "no misclassified images", ha="center")
     return _save(fig, path)
+
+
+def log_evaluation(
+    client: MlflowClient,
+    run_id: str,
+    report: EvalReport,
+    probabilities: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: tuple[str, ...],
+    artifact_path: str | None = None,
+    history: list[dict[str, float]] | None = None,
+) -> None:
+    """Log one scored split to a run: the confusion matrix, the hardest errors, the learning
+    curve when a training ``history`` is given, and the per-class table."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        figures = [
+            plot_confusion_matrix(report, classes, folder / "confusion_matrix.png"),
+            plot_hardest_errors(
+                images, labels, probabilities, classes, folder / "hardest_errors.png"
+            ),
+        ]
+        if history:
+            figures.append(plot_learning_curve(history, folder / "learning_curve.png"))
+        for figure in figures:
+            client.log_artifact(run_id, str(figure), artifact_path)
+    table = f"{artifact_path}/{PER_CLASS_TABLE}" if artifact_path else PER_CLASS_TABLE
+    client.log_table(run_id, report.table(), table)

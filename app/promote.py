@@ -8,11 +8,12 @@ from typing import Any
 
 from pydantic import Field
 
-from app import tracking
+from app import model_registry, tracking
 from app.config import ALIAS_PATTERN, MODEL_NAME_PATTERN, DatasetName, DatasetOptions, Experiment
-from app.data import ImageSplits, load_dataset
+from app.datasets import ImageSplits, load_dataset
 from app.errors import JobFailedError
 from app.evaluate import EVAL_EXPERIMENT, EvaluateConfig, evaluate
+
 
 class PromoteConfig(DatasetOptions):
     model_name: str = Field(pattern=MODEL_NAME_PATTERN, description="registered model")
@@ -51,15 +52,17 @@ def promote(cfg: PromoteConfig) -> dict[str, Any]:
     if cfg.force and not cfg.reason:
         raise ValueError("--force needs --reason: a forced promotion records who and why")
     tracking.configure()
-    challenger_version = tracking.alias_version(cfg.model_name, cfg.from_alias)
+    challenger_version = model_registry.alias_version(cfg.model_name, cfg.from_alias)
     if challenger_version is None:
         raise ValueError(f"{cfg.model_name} has no @{cfg.from_alias} version to promote")
-    champion_version = tracking.alias_version(cfg.model_name, cfg.to_alias)
+    champion_version = model_registry.alias_version(cfg.model_name, cfg.to_alias)
 
-    def evaluate_alias(alias: str, splits: ImageSplits | None) -> dict[str, Any]:
+    def evaluate_version(version: str, splits: ImageSplits | None) -> dict[str, Any]:
+        # The version read above, never the alias again: an alias that moves meanwhile (a
+        # sweep registering a new challenger) cannot swap in a model nobody evaluated.
         return evaluate(
             EvaluateConfig(
-                model_uri=f"models:/{cfg.model_name}@{alias}",
+                model_uri=f"models:/{cfg.model_name}/{version}",
                 dataset=cfg.dataset,
                 data_dir=cfg.data_dir,
                 download=cfg.download,
@@ -68,9 +71,9 @@ def promote(cfg: PromoteConfig) -> dict[str, Any]:
             splits,
         )
 
-    challenger = evaluate_alias(cfg.from_alias, None)
+    challenger = evaluate_version(challenger_version, None)
     splits = load_dataset(challenger["dataset"], cfg.data_dir, cfg.download)
-    champion = evaluate_alias(cfg.to_alias, splits) if champion_version else None
+    champion = evaluate_version(champion_version, splits) if champion_version else None
     bar = (champion["accuracy"] if champion else 0.0) + cfg.min_improvement
     results = {
         "model_name": cfg.model_name,
@@ -101,7 +104,14 @@ def promote(cfg: PromoteConfig) -> dict[str, Any]:
     }
     if cfg.force:
         record.update(forced="true", forced_reason=cfg.reason or "")
-    tracking.move_alias(cfg.model_name, cfg.to_alias, challenger_version, record)
+    # Only if both aliases still point where they did when evaluated.
+    expected = {cfg.from_alias: challenger_version, cfg.to_alias: champion_version}
+    try:
+        model_registry.move_alias(
+            cfg.model_name, cfg.to_alias, challenger_version, record, expected
+        )
+    except model_registry.AliasMovedError as exc:
+        raise PromotionRefusedError(f"promotion abandoned: {exc}", results) from exc
     results["promoted"] = True
     print(
         f"@{cfg.to_alias} -> {cfg.model_name} v{challenger_version} "

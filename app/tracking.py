@@ -1,4 +1,5 @@
-"""MLflow: where runs go, batched metric logging, model logging, registry and loading.
+"""MLflow tracking: where runs go, creating them, batched metric logging that survives an
+outage of the tracking server. Models, the registry and aliases: ``app.model_registry``.
 
 Location: ``MLFLOW_TRACKING_URI``; with none set, a SQLite database (registry included) at
 ``./mlflow.db`` with artifacts in ``./mlartifacts``, resolved to absolute paths so Ray workers
@@ -7,35 +8,30 @@ with another working directory write to the same place.
 
 from __future__ import annotations
 
-import getpass
 import os
-import re
 
 # Only `git rev-parse HEAD`, with fixed arguments.
 import subprocess  # nosec B404
-import tempfile
 import time
-import warnings
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
-import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from app.inference import SPEC_FILE, WEIGHTS_FILE, Predictor, save_model_files
-from app.models import ModelSpec
-
+T = TypeVar("T")
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
-MODEL_ARTIFACT_PATH = "model"
 # MLflow's REST limits per log_batch request.
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
-# Environment a Ray worker needs to reach the same MLflow server as the driver.
+# While the tracking server is unreachable, metrics wait in memory up to this many (about
+# 100 bytes each); the oldest go first past it.
+MAX_PENDING_METRICS = 100_000
+DRAIN_TIMEOUT_S = 600.0  # at the end of a run, how long to keep trying to send what is queued
+# What Ray workers and Ray Jobs (cluster/mlflow/runtime_env.py) need to reach the driver's MLflow.
 FORWARDED_ENV = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_TRACKING_USERNAME",
@@ -43,7 +39,10 @@ FORWARDED_ENV = (
     "MLFLOW_TRACKING_TOKEN",
     "MLFLOW_TRACKING_INSECURE_TLS",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
     "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD",
+    "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD",
 )
 
 
@@ -151,205 +150,98 @@ def start_run(
     return str(run.info.run_id)
 
 
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server stayed unreachable for longer than the caller could wait."""
+
+
+def retrying(action: Callable[[], T], what: str, timeout_s: float = DRAIN_TIMEOUT_S) -> T:
+    """``action()``, tried again every few seconds while it fails, for up to ``timeout_s`` (on
+    top of the MLflow client's own retries): the end of a run outlasts a tracking outage."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return action()
+        except Exception as exc:
+            if time.monotonic() + 5 > deadline:
+                raise
+            print(f"{what} failed ({type(exc).__name__}); trying again", flush=True)
+            time.sleep(5)  # a back-off between tries of an unreachable server
+
+
 class MetricBuffer:
     """Collects metrics and sends them with ``log_batch``: one request per flush, not one per
-    metric, so logging every N batches costs training nothing measurable."""
+    metric, so logging every N batches costs training nothing measurable.
 
-    def __init__(self, run_id: str, mlflow_client: MlflowClient | None = None) -> None:
+    A send that fails (the tracking server unreachable beyond the client's own retries) loses
+    nothing and raises nothing: the unsent metrics go back to the front of the queue for the
+    next flush. The queue is bounded (``max_pending``): past it the oldest are dropped and
+    counted in ``dropped``, so a long outage costs memory no more than that."""
+
+    def __init__(
+        self,
+        run_id: str,
+        mlflow_client: MlflowClient | None = None,
+        max_pending: int = MAX_PENDING_METRICS,
+    ) -> None:
         self.run_id = run_id
         self.client = mlflow_client or client()
         self.pending: list[Metric] = []
+        self.max_pending = max_pending
+        self.dropped = 0
+        self.failed_sends = 0
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         self.pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
-        if len(self.pending) >= MAX_METRICS_PER_BATCH:
+        if len(self.pending) >= MAX_METRICS_PER_BATCH and not self.failed_sends:
             self.flush()
+        self._bound()
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Send what is queued; True when everything went, False when a send failed (what
+        was not sent stays queued)."""
         pending, self.pending = self.pending, []
-        for chunk in _chunks(pending, MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=chunk)
+        for start in range(0, len(pending), MAX_METRICS_PER_BATCH):
+            try:
+                self.client.log_batch(
+                    self.run_id, metrics=pending[start : start + MAX_METRICS_PER_BATCH]
+                )
+            except Exception as exc:
+                self.pending = pending[start:] + self.pending
+                self.failed_sends += 1
+                self._bound()
+                print(
+                    f"MLflow unreachable ({type(exc).__name__}: {str(exc)[:200]}); "
+                    f"{len(self.pending)} metrics kept for the next flush",
+                    flush=True,
+                )
+                return False
+        self.failed_sends = 0
+        return True
+
+    def drain(self, timeout_s: float = DRAIN_TIMEOUT_S, interval_s: float = 5.0) -> None:
+        """Flush until everything is sent (the end of a run, where nothing would send what is
+        left); raise ``TrackingUnavailableError`` if the server stays unreachable
+        ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not self.flush():
+            if time.monotonic() + interval_s > deadline:
+                raise TrackingUnavailableError(
+                    f"MLflow unreachable for {timeout_s:g}s: {len(self.pending)} metrics of run "
+                    f"{self.run_id} not sent"
+                )
+            time.sleep(interval_s)  # a back-off between tries of an unreachable server
+
+    def _bound(self) -> None:
+        excess = len(self.pending) - self.max_pending
+        if excess > 0:
+            del self.pending[:excess]
+            self.dropped += excess
+            print(
+                f"MLflow unreachable: dropped the {excess} oldest metrics ({self.dropped} in all)",
+                flush=True,
+            )
 
 
 def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
     client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-
-def pip_requirements() -> list[str]:
-    """What the pyfunc model needs, pinned to this environment's versions."""
-    from importlib.metadata import version
-
-    packages = ("torch", "torchvision", "safetensors", "numpy", "pandas", "mlflow")
-    return [f"{name}=={version(name).split('+')[0]}" for name in packages]
-
-
-def log_model(run_id: str, state: dict[str, Any], spec: ModelSpec, example: np.ndarray) -> str:
-    """Log the classifier as an MLflow pyfunc "model from code" (weights as safetensors, the
-    spec as JSON, the code of ``app``); return the model URI (``runs:/<run_id>/model``)."""
-    from mlflow.models import infer_signature
-
-    import app
-    from app import pyfunc_model
-
-    app_dir = Path(app.__file__).parent
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = save_model_files(state, spec, Path(tmp))
-        classifier = Predictor.from_folder(folder)
-        output = pyfunc_model.ImageClassifierModel()
-        output.classifier = classifier
-        signature = infer_signature(example, output.predict(None, example))
-        with mlflow.start_run(run_id=run_id):
-            mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT_PATH,
-                python_model=str(Path(pyfunc_model.__file__)),
-                artifacts={"weights": str(folder / WEIGHTS_FILE), "spec": str(folder / SPEC_FILE)},
-                code_paths=[str(app_dir)],
-                signature=signature,
-                input_example=example,
-                pip_requirements=pip_requirements(),
-            )
-    return f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}"
-
-
-def register_model(model_uri: str, name: str, tags: Mapping[str, str] | None = None) -> str:
-    """Register ``model_uri`` as a new version of ``name``; return the version number."""
-    version = mlflow.register_model(model_uri, name, tags=dict(tags or {}))
-    return str(version.version)
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry: aliases, resolution, lineage
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What a model URI points at."""
-
-    uri: str
-    run_id: str
-    name: str | None = None
-    version: str | None = None
-    alias: str | None = None
-    stage: str | None = None
-
-
-_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))$")
-_RUNS_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-fA-F]{32})/(?P<path>.+)$")
-
-
-def resolve_model_uri(uri: str) -> ModelRef:
-    """``runs:/<id>/model``, ``models:/<name>@<alias>``, ``models:/<name>/<version>``, or the
-    deprecated ``models:/<name>/<stage>`` (a DeprecationWarning), to the version and run."""
-    mlflow_client = client()
-    if match := _RUNS_URI.match(uri):
-        return ModelRef(uri, match["run_id"])
-    match = _MODELS_URI.match(uri)
-    if match is None:
-        raise ValueError(
-            f"unsupported model URI {uri!r}: use runs:/<run_id>/model, models:/<name>@<alias>, "
-            "models:/<name>/<version>"
-        )
-    name = match["name"]
-    if match["alias"]:
-        found = mlflow_client.get_model_version_by_alias(name, match["alias"])
-        return ModelRef(uri, found.run_id or "", name, str(found.version), alias=match["alias"])
-    ref = match["ref"]
-    if ref.isdigit():
-        found = mlflow_client.get_model_version(name, ref)
-        return ModelRef(uri, found.run_id or "", name, str(found.version))
-    warnings.warn(
-        f"{uri}: registry stages are deprecated in MLflow; use an alias "
-        f"(models:/{name}@champion) instead",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    latest = mlflow_client.get_latest_versions(name, stages=[ref])
-    if not latest:
-        raise ValueError(f"no version of {name!r} is in stage {ref!r}")
-    return ModelRef(uri, latest[0].run_id, name, str(latest[0].version), stage=ref)
-
-
-def alias_version(name: str, alias: str) -> str | None:
-    """The version an alias points at, or None when the alias (or the model) is not set."""
-    try:
-        return str(client().get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        return None
-
-
-def set_alias(name: str, alias: str, version: str) -> None:
-    client().set_registered_model_alias(name, alias, version)
-
-
-def delete_alias(name: str, alias: str) -> None:
-    client().delete_registered_model_alias(name, alias)
-
-
-def current_user() -> str:
-    return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
-
-
-def move_alias(name: str, alias: str, version: str, record: Mapping[str, Any]) -> str | None:
-    """Point ``alias`` at ``version`` and record the move on that version (previous version,
-    time, user, and whatever ``record`` adds: metrics, a forced promotion's reason). Returns
-    the previous version."""
-    previous = alias_version(name, alias)
-    set_alias(name, alias, version)
-    tags = {
-        "previous_version": previous or "",
-        "moved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "moved_by": current_user(),
-        **record,
-    }
-    for key, value in tags.items():
-        client().set_model_version_tag(name, version, f"{alias}.{key}", str(value))
-    return previous
-
-
-def list_versions(name: str) -> list[dict[str, Any]]:
-    """Every version of a model with its aliases, source run and that run's test metrics."""
-    mlflow_client = client()
-    aliases: dict[str, list[str]] = {}
-    for alias, version in mlflow_client.get_registered_model(name).aliases.items():
-        aliases.setdefault(str(version), []).append(alias)
-    out = []
-    for found in mlflow_client.search_model_versions(f"name = '{name}'"):
-        metrics = mlflow_client.get_run(found.run_id).data.metrics if found.run_id else {}
-        out.append(
-            {
-                "version": str(found.version),
-                "run_id": found.run_id,
-                "aliases": aliases.get(str(found.version), []),
-                "test_accuracy": metrics.get("test_accuracy"),
-                "test_macro_f1": metrics.get("test_macro_f1"),
-                "created": found.creation_timestamp,
-            }
-        )
-    return sorted(out, key=lambda v: int(v["version"]))
-
-
-def lineage(ref: ModelRef) -> dict[str, Any]:
-    """From a model to its training run, its sweep (parent run), data and code."""
-    run = client().get_run(ref.run_id)
-    tags = run.data.tags
-    return {
-        "model": ref.name,
-        "version": ref.version,
-        "training_run_id": ref.run_id,
-        "experiment_id": run.info.experiment_id,
-        "sweep_run_id": tags.get("mlflow.parentRunId"),
-        "dataset": tags.get("dataset"),
-        "dataset_fingerprint": tags.get("dataset_fingerprint"),
-        "git_commit": tags.get("git_commit"),
-        "ray_job_id": tags.get("ray_job_id"),
-    }
-
-
-def load_predictor(model_uri: str, device: str = "cpu") -> Predictor:
-    """Load any model URI (runs:/, models:/name@alias, models:/name/version) for inference,
-    rebuilding the network from our code and the safetensors weights: nothing is unpickled."""
-    configure()
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
-        return Predictor.from_folder(local / "artifacts", device)

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.train.config import TrainConfig
-from app.data import ImageSplits, augment, normalize
+from app.datasets import ImageSplits, augment, normalize
 from app.models import ModelSpec, build_model
+from app.train.config import TrainConfig
 
 
 def _finish(device: torch.device) -> None:

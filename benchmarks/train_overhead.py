@@ -26,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
+from app.datasets import ImageSplits, load_dataset
 from app.train.config import TrainConfig
-from app.data import ImageSplits, load_dataset
 from benchmarks.baselines import plain_epochs
 
 
 def project_epochs(cfg: TrainConfig, splits: ImageSplits) -> tuple[list[float], float]:
-    """The real path (app.train.driver.fit on Ray Train); epoch times as the workers measured them."""
+    """The real path (app.train.driver.fit on Ray Train); epoch times as workers measured them."""
     from mlflow.tracking import MlflowClient
 
     from app import tracking

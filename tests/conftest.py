@@ -9,7 +9,6 @@ Both are started once per session and stopped at the end; nothing touches a user
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
 from serve.throughput import HIGH_THROUGHPUT_ENV, private_haproxy_env
+from tests.cluster.local_ray import LocalRayCluster
 from tests.support import JobsApi, free_port, http_ok, stop_process_group, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,15 +115,13 @@ class RayCluster:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(mlflow_server: MlflowServer) -> Iterator[RayCluster]:
-    # Ray's unix socket paths must stay short: a temp dir under /tmp, not pytest's deep one.
-    temp_dir = Path(f"/tmp/rt{secrets.token_hex(3)}")
-    gcs_port, dashboard_port, metrics_port = free_port(), free_port(), free_port()
+def ray_cluster(
+    mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RayCluster]:
     haproxy_stats_port = free_port()
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    # Logical CPUs: two 2-worker trainers (plus their controllers) fit at once.
+    cluster = LocalRayCluster(tmp_path_factory.mktemp("ray"), head_cpus=4)
+    cluster.extra_env = {
         "MLFLOW_TRACKING_URI": mlflow_server.uri,
         "PYTHONPATH": str(REPO),
         # `python` in a job's entrypoint is the cluster's: this environment's interpreter.
@@ -132,67 +129,29 @@ def ray_cluster(mlflow_server: MlflowServer) -> Iterator[RayCluster]:
         "RAY_DEDUP_LOGS": "0",
         # Name this cluster for every process in it: Ray Train's placement-group cleaner
         # looks the cluster up and gives up when other Ray instances run on the machine.
-        "RAY_ADDRESS": f"127.0.0.1:{gcs_port}",
+        "RAY_ADDRESS": cluster.gcs_address,
         # Serve as the project's clusters run it, with HAProxy's files and ports its own.
         **HIGH_THROUGHPUT_ENV,
-        **private_haproxy_env(str(temp_dir / "haproxy"), haproxy_stats_port, free_port()),
+        **private_haproxy_env(str(cluster.temp_dir / "haproxy"), haproxy_stats_port, free_port()),
     }
-    client_env = {k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI")}
-    process = subprocess.Popen(
-        [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--port",
-            str(gcs_port),
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            str(dashboard_port),
-            "--ray-client-server-port",
-            str(free_port()),
-            "--dashboard-agent-listen-port",
-            str(free_port()),
-            "--metrics-export-port",
-            str(metrics_port),
-            "--min-worker-port",
-            "20000",
-            "--max-worker-port",
-            "20999",
-            # Logical CPUs: two 2-worker trainers (plus their controllers) fit at once.
-            "--num-cpus",
-            "4",
-            "--temp-dir",
-            str(temp_dir),
-            "--disable-usage-stats",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    dashboard = f"http://127.0.0.1:{dashboard_port}"
-    headers = {"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"}
-
-    def dashboard_up() -> bool:
-        try:
-            return requests.get(f"{dashboard}/api/version", headers=headers, timeout=2).ok
-        except requests.RequestException:
-            return False
-
+    cluster.head_args = ("--min-worker-port=20000", "--max-worker-port=20999")
+    cluster.start()
     try:
-        wait_for(dashboard_up, 120, "the Ray dashboard")
+        client_env = {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": cluster.token,
+            "MLFLOW_TRACKING_URI": mlflow_server.uri,
+        }
         yield RayCluster(
-            f"127.0.0.1:{gcs_port}",
-            dashboard,
+            cluster.gcs_address,
+            cluster.dashboard_url,
             client_env,
-            temp_dir,
+            cluster.temp_dir,
             f"http://127.0.0.1:{haproxy_stats_port}/stats",
-            f"http://127.0.0.1:{metrics_port}/metrics",
+            cluster.metrics_url,
         )
     finally:
-        stop_process_group(process, timeout=60)
+        cluster.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from app.data import load_dataset
+from app.datasets import load_dataset
 
 
 def check_training_run(client: MlflowClient, run_id: str, epochs: int, log_every: int) -> None:

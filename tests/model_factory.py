@@ -1,6 +1,6 @@
 """Registered models for tests, made in seconds without a Ray cluster: weights trained in
 this process (the real loop through LocalContext) or left untrained, logged through the same
-app.tracking.log_model the jobs use."""
+app.model_registry.log_model the jobs use."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
-from app import tracking
-from app.train.config import TrainConfig
-from app.data import ImageSplits, load_dataset
+from app import model_registry, tracking
+from app.datasets import ImageSplits, load_dataset
 from app.evaluation import evaluate_model
 from app.models import ModelSpec, build_model, cpu_state_dict
+from app.train.config import TrainConfig
 from app.train.context import LocalContext
 from app.train.loop import train_worker
 
@@ -50,6 +50,6 @@ def log_digits_model(
     buffer.log({"test_accuracy": report.accuracy}, step=0)
     buffer.flush()
     example = splits.x_test[:2, 0].numpy()
-    tracking.log_model(run_id, state, spec, example)
+    model_registry.log_model(run_id, state, spec, example)
     tracking.client().set_terminated(run_id)
     return run_id, report.accuracy

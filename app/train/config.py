@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -20,7 +19,6 @@ from app.config import (
 CPU_BATCH_SIZE = 64
 GPU_BATCH_PER_WORKER = 256
 BASE_LR = 0.05
-
 
 
 class TrainConfig(DatasetOptions):

@@ -109,5 +109,3 @@ def load_state(folder: Path) -> dict[str, Any]:
         folder / CHECKPOINT_FILE, map_location="cpu", weights_only=True
     )
     return state
-
-

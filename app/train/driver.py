@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,25 +21,17 @@ import mlflow
 from mlflow.entities import Run
 from torch import nn
 
-from app import tracking
-from app.train.config import TrainConfig
-from app.data import ImageSplits, load_dataset
-from app.evaluation import (
-    evaluate_model,
-    plot_confusion_matrix,
-    plot_hardest_errors,
-    plot_learning_curve,
-)
+from app import model_registry, tracking
+from app.datasets import ImageSplits, load_dataset
+from app.evaluation import PER_CLASS_TABLE, evaluate_model, log_evaluation
 from app.models import ModelSpec, cpu_state_dict
+from app.ray_runtime import ensure_ray, ray_job_id
+from app.train.config import TrainConfig
 from app.train.context import RayWorkerContext
 from app.train.loop import train_worker
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# Ray Train gives a worker group 60 s to start; on a busy 2-core laptop importing torch in
-# several fresh worker processes can take longer. Applies to clusters this process starts.
-os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
 RAY_RUN_NAME_TAG = "ray_run_name"
-PER_CLASS_TABLE = "evaluation/per_class_metrics.json"
+EVALUATION_DIR = "evaluation"  # where a training run keeps its test-split figures and table
 
 
 @dataclass
@@ -61,28 +51,6 @@ class TrainOutcome:
         return asdict(self)
 
 
-def ensure_ray() -> None:
-    """Connect to the running cluster (inside ``ray job submit`` or after ``ray start``), or
-    start a local one. Workers of a plain ``python jobs/x.py`` get the repo on their path."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        ray.init()  # a submitted job: its runtime env (working_dir) already carries the code
-    else:
-        pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
-
-
-def ray_job_id() -> str | None:
-    import ray
-
-    return os.environ.get("RAY_JOB_SUBMISSION_ID") or (
-        ray.get_runtime_context().get_job_id() if ray.is_initialized() else None
-    )
-
-
 def _worker_entry(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     import ray
@@ -92,8 +60,9 @@ def _worker_entry(loop_config: dict[str, Any]) -> None:
     ctx = RayWorkerContext()
     run_id = loop_config["run_id"]
     if ctx.rank == 0:
-        final = functools.partial(evaluate_and_log_model, cfg, splits, run_id)
-        train_worker(cfg, splits, ctx, tracking.MetricBuffer(run_id), final_step=final)
+        sink = tracking.MetricBuffer(run_id)
+        final = functools.partial(evaluate_and_log_model, cfg, splits, run_id, sink)
+        train_worker(cfg, splits, ctx, sink, final_step=final)
     else:
         train_worker(cfg, splits, ctx)
 
@@ -102,36 +71,39 @@ def evaluate_and_log_model(
     cfg: TrainConfig,
     splits: ImageSplits,
     run_id: str,
+    sink: tracking.MetricBuffer,
     model: nn.Module,
     history: list[dict[str, float]],
     global_step: int,
 ) -> dict[str, float]:
-    """After the last epoch (rank 0): test metrics, per-class table, figures, the model."""
+    """After the last epoch (rank 0): test metrics, per-class table, figures, the model. Each
+    write is tried again through a tracking outage (``tracking.retrying``), and ``sink``'s
+    metrics still queued from an outage are sent first."""
     spec = ModelSpec.for_dataset(cfg.model, splits.info)
     model = model.to("cpu")  # scored, plotted and saved on CPU: any server can load it
     report, probabilities = evaluate_model(model, splits.x_test, splits.y_test, splits.info)
     test_metrics = {"test_accuracy": report.accuracy, "test_macro_f1": report.macro_f1}
-    buffer = tracking.MetricBuffer(run_id)
-    buffer.log(test_metrics, step=global_step)
-    buffer.flush()
-    client = tracking.client()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        for figure in (
-            plot_confusion_matrix(report, spec.classes, folder / "confusion_matrix.png"),
-            plot_learning_curve(history, folder / "learning_curve.png"),
-            plot_hardest_errors(
-                splits.x_test,
-                splits.y_test,
-                probabilities,
-                spec.classes,
-                folder / "hardest_errors.png",
-            ),
-        ):
-            client.log_artifact(run_id, str(figure), "evaluation")
-        client.log_table(run_id, report.table(), PER_CLASS_TABLE)
+    sink.log(test_metrics, step=global_step)
+    sink.drain()
+    tracking.retrying(
+        lambda: log_evaluation(
+            tracking.client(),
+            run_id,
+            report,
+            probabilities,
+            splits.x_test,
+            splits.y_test,
+            spec.classes,
+            artifact_path=EVALUATION_DIR,
+            history=history,
+        ),
+        "logging the evaluation",
+    )
     example = splits.x_test[:4].permute(0, 2, 3, 1).squeeze(-1).numpy()
-    tracking.log_model(run_id, cpu_state_dict(model), spec, example)
+    state = cpu_state_dict(model)
+    tracking.retrying(
+        lambda: model_registry.log_model(run_id, state, spec, example), "logging the model"
+    )
     print(
         f"test accuracy {report.accuracy:.4f}  macro F1 {report.macro_f1:.4f}",
         flush=True,
@@ -155,6 +127,65 @@ def _find_resumable_run(cfg: TrainConfig) -> Run | None:
     return runs[0] if runs else None
 
 
+def _open_run(
+    cfg: TrainConfig,
+    splits: ImageSplits,
+    run_name: str,
+    earlier: Run | None,
+    parent_run_id: str | None,
+    extra_tags: dict[str, str] | None,
+) -> str:
+    """A new MLflow run for this training, or the run of the earlier attempt it resumes."""
+    if earlier is not None:
+        print(f"resuming MLflow run {earlier.info.run_id} (ray run {run_name})", flush=True)
+        return str(earlier.info.run_id)
+    tags = {
+        "dataset": cfg.dataset,
+        "model": cfg.model,
+        "dataset_fingerprint": splits.fingerprint,
+        "git_commit": tracking.git_commit() or "",
+        "ray_job_id": ray_job_id() or "",
+        RAY_RUN_NAME_TAG: run_name,
+        **(extra_tags or {}),
+    }
+    return tracking.start_run(
+        cfg.experiment, run_name, cfg.model_dump(mode="json"), tags, parent_run_id
+    )
+
+
+def _trainer(
+    cfg: TrainConfig, splits: ImageSplits, run_id: str, run_name: str, callbacks: Sequence[Any]
+) -> Any:
+    """The Ray Train ``TorchTrainer`` of one training: its workers, storage and retries."""
+    import ray
+
+    # Train V2's classes (the V1 names in ray.train are the same objects when V2 is on).
+    from ray.train.v2.api.config import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.torch.torch_trainer import TorchTrainer
+
+    return TorchTrainer(
+        _worker_entry,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "data": ray.put(splits),
+            "run_id": run_id,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {}),
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=cfg.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks),
+            worker_runtime_env={"env_vars": tracking.worker_env()},
+        ),
+    )
+
+
 def fit(
     cfg: TrainConfig,
     splits: ImageSplits | None = None,
@@ -166,66 +197,23 @@ def fit(
     """Train, evaluate, log and (optionally) register one model. Raises on failure after
     marking the MLflow run FAILED, unless ``close_run_on_error`` is off: in a Tune trial, a
     scheduler's stop also surfaces here as an error, and the sweep decides the status."""
-    import ray
-
-    # Train V2's classes (the V1 names in ray.train are the same objects when V2 is on).
-    from ray.train.v2.api.config import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.v2.torch.torch_trainer import TorchTrainer
-
     started = time.perf_counter()
     tracking.configure()
     splits = splits or load_dataset(
         cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed
     )
-    ensure_ray()
     run_name = cfg.run_name or f"{cfg.dataset}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     earlier = _find_resumable_run(cfg)
     if earlier is not None and earlier.info.status == "FINISHED":
-        # A resumed sweep restarts trials that finished just as its driver died: no retraining.
+        # A resumed sweep restarts trials that finished just as its driver died, a scheduled
+        # job is resubmitted after it finished: no retraining, no second registered version.
         print(f"ray run {run_name} already finished as MLflow run {earlier.info.run_id}")
         return _outcome(cfg, earlier.info.run_id, earlier.data.metrics)
-    if earlier is None:
-        tags = {
-            "dataset": cfg.dataset,
-            "model": cfg.model,
-            "dataset_fingerprint": splits.fingerprint,
-            "git_commit": tracking.git_commit() or "",
-            "ray_job_id": ray_job_id() or "",
-            RAY_RUN_NAME_TAG: run_name,
-            **(extra_tags or {}),
-        }
-        run_id = tracking.start_run(
-            cfg.experiment, run_name, cfg.model_dump(mode="json"), tags, parent_run_id
-        )
-    else:
-        run_id = earlier.info.run_id
-        print(f"resuming MLflow run {run_id} (ray run {run_name})", flush=True)
+    ensure_ray()
+    run_id = _open_run(cfg, splits, run_name, earlier, parent_run_id, extra_tags)
     print(f"MLflow run {run_id} at {tracking.tracking_uri()}", flush=True)
-
     try:
-        trainer = TorchTrainer(
-            _worker_entry,
-            train_loop_config={
-                "config": cfg.model_dump(mode="json"),
-                "data": ray.put(splits),
-                "run_id": run_id,
-            },
-            scaling_config=ScalingConfig(
-                num_workers=cfg.num_workers,
-                use_gpu=cfg.use_gpu,
-                resources_per_worker={"CPU": cfg.cpus_per_worker}
-                | ({"GPU": 1} if cfg.use_gpu else {}),
-            ),
-            run_config=RunConfig(
-                name=run_name,
-                storage_path=cfg.storage_path,
-                failure_config=FailureConfig(max_failures=cfg.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
-                callbacks=list(callbacks),
-                worker_runtime_env={"env_vars": tracking.worker_env()},
-            ),
-        )
-        result = trainer.fit()
+        result = _trainer(cfg, splits, run_id, run_name, callbacks).fit()
         if not result.metrics or "test_accuracy" not in result.metrics:
             raise RuntimeError(f"training ended without its final report: {result.error}")
         outcome = _outcome(cfg, run_id, result.metrics)
@@ -241,18 +229,13 @@ def fit(
 
 def _outcome(cfg: TrainConfig, run_id: str, final: dict[str, Any]) -> TrainOutcome:
     """Driver side, after training: register the logged model, collect the summary."""
-    model_uri = f"runs:/{run_id}/{tracking.MODEL_ARTIFACT_PATH}"
     version = None
     if cfg.register_as:
-        version = tracking.register_model(
-            model_uri, cfg.register_as, {"dataset": cfg.dataset, "run_id": run_id}
-        )
-        if cfg.alias:
-            tracking.set_alias(cfg.register_as, cfg.alias, version)
-        alias = f" as @{cfg.alias}" if cfg.alias else ""
-        print(f"registered {cfg.register_as} version {version}{alias}", flush=True)
+        tags = {"dataset": cfg.dataset, "run_id": run_id}
+        version, _ = model_registry.register_once(run_id, cfg.register_as, tags, cfg.alias)
+    model_uri = model_registry.run_model_uri(run_id)
     print(f"model {model_uri}", flush=True)
-    table = tracking.client().download_artifacts(run_id, PER_CLASS_TABLE)
+    table = tracking.client().download_artifacts(run_id, f"{EVALUATION_DIR}/{PER_CLASS_TABLE}")
     columns = json.loads(Path(table).read_text())
     per_class = [dict(zip(columns["columns"], row, strict=True)) for row in columns["data"]]
     return TrainOutcome(

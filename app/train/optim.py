@@ -63,5 +63,3 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -
     if cfg.lr_schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
     return cfg.lr * max(0.0, 1 - progress)  # onecycle: linear warm-up, linear decay to zero
-
-

@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from app import tracking
+from app import model_registry, tracking
 from app.tune.config import TuneConfig
 from app.tune.space import SearchSpace
 
@@ -21,7 +21,6 @@ def _child_runs(experiment_id: str, parent_run_id: str) -> list[Any]:
         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
         max_results=10_000,
     )
-
 
 
 def summarise(
@@ -64,7 +63,7 @@ def summarise(
         },
         step=0,
     )
-    buffer.flush()
+    buffer.drain()
     summary.update(
         best_run_id=best.info.run_id,
         best_config=best_config,
@@ -72,16 +71,10 @@ def summarise(
         test_accuracy=best.data.metrics.get("test_accuracy"),
     )
     if cfg.register_as:
-        model_uri = f"runs:/{best.info.run_id}/{tracking.MODEL_ARTIFACT_PATH}"
-        version = tracking.register_model(
-            model_uri,
-            cfg.register_as,
-            {"dataset": cfg.dataset, "run_id": best.info.run_id, "sweep": sweep},
+        tags = {"dataset": cfg.dataset, "run_id": best.info.run_id, "sweep": sweep}
+        summary["registered_version"], _ = model_registry.register_once(
+            best.info.run_id, cfg.register_as, tags, cfg.alias
         )
-        if cfg.alias:
-            tracking.set_alias(cfg.register_as, cfg.alias, version)
-        summary["registered_version"] = version
-        print(f"registered {cfg.register_as} version {version} as @{cfg.alias}", flush=True)
     return summary
 
 

@@ -10,12 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from app.config import ConfigError
 from app.train.config import TrainConfig
 
+
 def trial_fields(cfg: TrainConfig) -> dict[str, Any]:
     """The training fields of a (sweep) config, minus what only the sweep does (register)."""
     fields = set(TrainConfig.model_fields) - {"register_as", "alias", "results_json"}
     return cfg.model_dump(mode="json", include=fields)
-
-
 
 
 class _Dimension(BaseModel):
@@ -137,5 +136,3 @@ NOT_TUNABLE = {
     "log_every_n_batches",
     "val_fraction",
 }
-
-

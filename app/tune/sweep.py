@@ -19,11 +19,19 @@ from typing import Any
 
 from app import tracking
 from app.config import ConfigError
-from app.data import ImageSplits, load_dataset
+from app.datasets import ImageSplits, load_dataset
+from app.ray_runtime import ensure_ray
 from app.train.config import TrainConfig
 from app.tune.config import TuneConfig, validate_before_start
-from app.tune.plan import TRIAL_DRIVER_CPU, plan_trials
+from app.tune.plan import (
+    TRIAL_DRIVER_CPU,
+    TrialPlan,
+    cluster_capacity,
+    parse_node_types,
+    plan_trials,
+)
 from app.tune.report import SWEEP_TAG, TRIAL_TAG, summarise
+from app.tune.space import SearchSpace
 
 # ---------------------------------------------------------------------------------------------
 # The sweep
@@ -101,6 +109,12 @@ def _latest_sweep(storage: Path, prefix: str) -> str | None:
     return candidates[-1].name if candidates else None
 
 
+def _restorable(path: str) -> bool:
+    from ray import tune
+
+    return bool(tune.Tuner.can_restore(path))
+
+
 def _find_parent_run(experiment: str, sweep: str) -> str | None:
     found = tracking.client().search_runs(
         [tracking.ensure_experiment(experiment)],
@@ -110,72 +124,164 @@ def _find_parent_run(experiment: str, sweep: str) -> str | None:
     return found[0].info.run_id if found else None
 
 
-def run_sweep(cfg: TuneConfig) -> dict[str, Any]:
-    """Run (or resume) a sweep; tag the best trial, register its model; return the summary."""
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-    from ray.tune.search.hyperopt import HyperOptSearch
-
-    from app.train.driver import ensure_ray
-
-    started = time.perf_counter()
-    space, warm_start = validate_before_start(cfg)
-    tracking.configure()
-    splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed)
-    ensure_ray()
-    resources = ray.cluster_resources()
-    plan = plan_trials(cfg, resources.get("CPU", 0), resources.get("GPU", 0))
-    base = {**cfg.trial_base(), "cpus_per_worker": plan.cpus_per_worker}
+def _storage(cfg: TuneConfig) -> tuple[Path, str]:
+    """Where the sweep's state goes: a local folder (created) or a remote URI, as given."""
     storage = Path(cfg.storage_path or Path.home() / "ray_results").expanduser()
     if cfg.storage_path and "://" in cfg.storage_path:
-        storage_uri = cfg.storage_path
-    else:
-        storage.mkdir(parents=True, exist_ok=True)
-        storage_uri = str(storage.resolve())
-    base["storage_path"] = storage_uri
+        return storage, cfg.storage_path
+    storage.mkdir(parents=True, exist_ok=True)
+    return storage, str(storage.resolve())
 
+
+def _sweep_name(cfg: TuneConfig, storage: Path) -> str:
     prefix = f"tune-{cfg.dataset}-{cfg.model}"
-    sweep = (
+    return (
         cfg.run_name
         or (_latest_sweep(storage, prefix) if cfg.resume else None)
         or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    parent_run_id = _find_parent_run(cfg.experiment, sweep) if cfg.resume else None
-    if parent_run_id is None:
-        parent_run_id = tracking.start_run(
-            cfg.experiment,
-            sweep,
-            {
-                "search_space": json.dumps(space.describe()),
-                "scheduler": cfg.scheduler,
-                "search": cfg.search,
-                "num_samples": cfg.num_samples,
-                "max_concurrent": plan.max_concurrent,
-                "metric": cfg.metric,
-                "mode": cfg.mode,
-                "grace_period": cfg.grace_period,
-                "reduction_factor": cfg.reduction_factor,
-                "cluster_cpus": plan.cluster_cpus,
-                "cluster_gpus": plan.cluster_gpus,
-                "cpus_per_worker": plan.cpus_per_worker,
-                "trial": base,
-            },
-            {
-                SWEEP_TAG: sweep,
-                "sweep_parent": "true",
-                "dataset": cfg.dataset,
-                "git_commit": tracking.git_commit() or "",
-            },
+
+
+def _open_parent_run(
+    cfg: TuneConfig,
+    sweep: str,
+    space: SearchSpace,
+    plan: TrialPlan,
+    base: dict[str, Any],
+    resume: bool,
+) -> str:
+    """The sweep's parent run: found again on a resume, else created with the sweep's
+    settings as params."""
+    found = _find_parent_run(cfg.experiment, sweep) if resume else None
+    if found is not None:
+        return found
+    params = {
+        "search_space": json.dumps(space.describe()),
+        **cfg.model_dump(
+            include={
+                "scheduler",
+                "search",
+                "num_samples",
+                "metric",
+                "mode",
+                "grace_period",
+                "reduction_factor",
+            }
+        ),
+        "max_concurrent": plan.max_concurrent,
+        "cluster_cpus": plan.cluster_cpus,
+        "cluster_gpus": plan.cluster_gpus,
+        "cpus_per_worker": plan.cpus_per_worker,
+        "trial": base,
+    }
+    tags = {
+        SWEEP_TAG: sweep,
+        "sweep_parent": "true",
+        "dataset": cfg.dataset,
+        "git_commit": tracking.git_commit() or "",
+    }
+    return tracking.start_run(cfg.experiment, sweep, params, tags)
+
+
+def _search_alg(cfg: TuneConfig, plan: TrialPlan, warm_start: list[dict[str, Any]]) -> Any:
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    if cfg.search != "hyperopt":
+        return BasicVariantGenerator(
+            points_to_evaluate=warm_start or None,
+            random_state=cfg.seed,
+            max_concurrent=plan.max_concurrent,
         )
+    return ConcurrencyLimiter(
+        HyperOptSearch(
+            metric=cfg.metric,
+            mode=cfg.mode,
+            random_state_seed=cfg.seed,
+            points_to_evaluate=warm_start or None,
+        ),
+        max_concurrent=plan.max_concurrent,
+    )
+
+
+def _scheduler(cfg: TuneConfig) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if cfg.scheduler != "asha":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=cfg.epochs,
+        grace_period=min(cfg.grace_period, cfg.epochs),
+        reduction_factor=cfg.reduction_factor,
+    )
+
+
+def _tuner(
+    cfg: TuneConfig,
+    trainable: Any,
+    run_config: Any,
+    space: SearchSpace,
+    plan: TrialPlan,
+    warm_start: list[dict[str, Any]],
+    resume: bool,
+) -> Any:
+    """A new Tuner, or on a resume the one restored from the sweep's storage."""
+    from ray import tune
+
+    path = f"{run_config.storage_path}/{run_config.name}"
+    if resume:
+        if not tune.Tuner.can_restore(path):
+            raise ConfigError(f"--resume: no sweep to resume at {path}")
+        print(f"resuming sweep from {path}", flush=True)
+        return tune.Tuner.restore(
+            path,
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=space.to_tune(grid=cfg.search == "grid"),
+        tune_config=tune.TuneConfig(
+            metric=cfg.metric,
+            mode=cfg.mode,
+            num_samples=cfg.num_samples,
+            search_alg=_search_alg(cfg, plan, warm_start),
+            scheduler=_scheduler(cfg),
+            max_concurrent_trials=plan.max_concurrent,
+        ),
+        run_config=run_config,
+    )
+
+
+def run_sweep(cfg: TuneConfig) -> dict[str, Any]:
+    """Run (or resume) a sweep; tag the best trial, register its model; return the summary."""
+    from ray import tune
+
+    started = time.perf_counter()
+    space, warm_start = validate_before_start(cfg)
+    node_types = parse_node_types(cfg.autoscaler_node_types or "{}")
+    tracking.configure()
+    splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed)
+    ensure_ray()
+    capacity = cluster_capacity(node_types)
+    plan = plan_trials(cfg, capacity)
+    storage, storage_uri = _storage(cfg)
+    base = {**cfg.trial_base(), "cpus_per_worker": plan.cpus_per_worker}
+    base["storage_path"] = storage_uri
+    sweep = _sweep_name(cfg, storage)
+    # A named sweep whose state exists resumes without --resume: a resubmitted scheduled job
+    # (its --run-name is the schedule slot's) continues instead of starting over.
+    resume = cfg.resume or bool(cfg.run_name and _restorable(f"{storage_uri}/{sweep}"))
+    parent_run_id = _open_parent_run(cfg, sweep, space, plan, base, resume)
     print(
         f"sweep {sweep}: {cfg.num_samples} trials, {plan.max_concurrent} at once, "
         f"{cfg.num_workers} workers x {plan.cpus_per_worker} CPU each; "
         f"MLflow parent run {parent_run_id}",
         flush=True,
     )
-
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial_function, base=base, sweep=sweep, parent_run_id=parent_run_id, splits=splits
@@ -188,61 +294,8 @@ def run_sweep(cfg: TuneConfig) -> dict[str, Any]:
         callbacks=[_mlflow_closer(cfg.experiment, parent_run_id)],
         failure_config=tune.FailureConfig(max_failures=0),
     )
-    if cfg.resume and tune.Tuner.can_restore(f"{storage_uri}/{sweep}"):
-        print(f"resuming sweep from {storage_uri}/{sweep}", flush=True)
-        tuner = tune.Tuner.restore(
-            f"{storage_uri}/{sweep}",
-            trainable=trainable,
-            resume_unfinished=True,
-            resume_errored=False,
-            restart_errored=False,
-        )
-    else:
-        if cfg.resume:
-            raise ConfigError(f"--resume: no sweep to resume at {storage_uri}/{sweep}")
-        if cfg.search == "hyperopt":
-            search_alg: Any = ConcurrencyLimiter(
-                HyperOptSearch(
-                    metric=cfg.metric,
-                    mode=cfg.mode,
-                    random_state_seed=cfg.seed,
-                    points_to_evaluate=warm_start or None,
-                ),
-                max_concurrent=plan.max_concurrent,
-            )
-        else:
-            search_alg = BasicVariantGenerator(
-                points_to_evaluate=warm_start or None,
-                random_state=cfg.seed,
-                max_concurrent=plan.max_concurrent,
-            )
-        scheduler = (
-            ASHAScheduler(
-                time_attr="training_iteration",
-                max_t=cfg.epochs,
-                grace_period=min(cfg.grace_period, cfg.epochs),
-                reduction_factor=cfg.reduction_factor,
-            )
-            if cfg.scheduler == "asha"
-            else FIFOScheduler()
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space.to_tune(grid=cfg.search == "grid"),
-            tune_config=tune.TuneConfig(
-                metric=cfg.metric,
-                mode=cfg.mode,
-                num_samples=cfg.num_samples,
-                search_alg=search_alg,
-                scheduler=scheduler,
-                max_concurrent_trials=plan.max_concurrent,
-            ),
-            run_config=run_config,
-        )
-    tuner.fit()
+    _tuner(cfg, trainable, run_config, space, plan, warm_start, resume).fit()
     summary = summarise(cfg, sweep, parent_run_id, space)
     summary["wall_seconds"] = time.perf_counter() - started
     tracking.client().set_terminated(parent_run_id, status="FINISHED")
     return summary
-
-

@@ -50,6 +50,7 @@ class LocalRayCluster:
             if port not in ports:
                 ports.append(port)
         self.gcs_port, self.dashboard_port = ports[:2]
+        self.metrics_port = ports[5]
         self.port_args = [
             f"--{flag}={port}"
             for flag, port in zip(
@@ -80,6 +81,11 @@ class LocalRayCluster:
     def token(self) -> str:
         return (self.home / ".ray" / "auth_token").read_text().strip()
 
+    @property
+    def metrics_url(self) -> str:
+        """The head node's Prometheus endpoint (Ray's and the applications' metrics)."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
     def client_env(self) -> dict[str, str]:
         """Environment of a client process: the cluster's HOME (its token), token auth on."""
         env = {**os.environ, "HOME": str(self.home), "RAY_AUTH_MODE": "token"}
@@ -103,8 +109,9 @@ class LocalRayCluster:
             "--disable-usage-stats",
             *self.head_args,
         ]
-        env = {**os.environ, "HOME": str(self.home), **self.extra_env}
-        env.pop("RAY_ADDRESS", None)
+        # A RAY_ADDRESS of the caller's names another cluster; one in `env` names this one.
+        inherited = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env = {**inherited, "HOME": str(self.home), **self.extra_env}
         # `ray start --head` turns token auth on when a token exists (or RAY_AUTH_MODE=token):
         # make one in this HOME, as a user does once with the same command.
         subprocess.run(

@@ -17,7 +17,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from app import tracking
+from app import model_registry, tracking
 from app.inference import WEIGHTS_FILE, ModelLoadError
 from tests.conftest import REPO, MlflowServer
 from tests.model_factory import digits_state, log_digits_model
@@ -66,7 +66,7 @@ def run_job(name: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
 
 
 def register(registry: Registry, run_id: str) -> str:
-    return tracking.register_model(f"runs:/{run_id}/model", registry.name)
+    return model_registry.register_version(run_id, registry.name, {})
 
 
 def test_gated_promotion_refuses_worse_and_accepts_better(
@@ -74,8 +74,8 @@ def test_gated_promotion_refuses_worse_and_accepts_better(
 ) -> None:
     good = register(registry, registry.good_run)
     bad = register(registry, registry.bad_run)
-    tracking.set_alias(registry.name, "champion", good)
-    tracking.set_alias(registry.name, "challenger", bad)
+    model_registry.set_alias(registry.name, "champion", good)
+    model_registry.set_alias(registry.name, "challenger", bad)
     out = tmp_path / "refused.json"
     promote = ["--model-name", registry.name, "--from", "challenger", "--to", "champion"]
 
@@ -83,14 +83,14 @@ def test_gated_promotion_refuses_worse_and_accepts_better(
     refused = json.loads(out.read_text())
     assert refused["promoted"] is False
     assert refused["challenger_accuracy"] < refused["champion_accuracy"]
-    assert tracking.alias_version(registry.name, "champion") == good  # nothing changed
+    assert model_registry.alias_version(registry.name, "champion") == good  # nothing changed
 
     better = register(registry, registry.good_run)  # same weights: "at least as good" passes
-    tracking.set_alias(registry.name, "challenger", better)
+    model_registry.set_alias(registry.name, "challenger", better)
     out = tmp_path / "promoted.json"
     assert run_job("promote", [*promote, "--results-json", str(out)], monkeypatch) == 0
     assert json.loads(out.read_text())["promoted"] is True
-    assert tracking.alias_version(registry.name, "champion") == better
+    assert model_registry.alias_version(registry.name, "champion") == better
     tags = registry.client.get_model_version(registry.name, better).tags
     assert tags["champion.previous_version"] == good
     assert tags["champion.moved_by"] and tags["champion.moved_at"]
@@ -101,29 +101,31 @@ def test_gated_promotion_refuses_worse_and_accepts_better(
     assert run_job("promote", [*promote, *bar], monkeypatch) == 1
 
     # Forcing needs a reason, and records it.
-    tracking.set_alias(registry.name, "challenger", bad)
+    model_registry.set_alias(registry.name, "challenger", bad)
     assert run_job("promote", [*promote, "--force"], monkeypatch) == 1
-    assert tracking.alias_version(registry.name, "champion") == better
+    assert model_registry.alias_version(registry.name, "champion") == better
     assert run_job("promote", [*promote, "--force", "--reason", "rollback drill"], monkeypatch) == 0
     tags = registry.client.get_model_version(registry.name, bad).tags
     assert tags["champion.forced"] == "true" and tags["champion.forced_reason"] == "rollback drill"
-    assert tracking.alias_version(registry.name, "champion") == bad
+    assert model_registry.alias_version(registry.name, "champion") == bad
 
 
 def test_every_uri_form_loads_the_same_weights(registry: Registry) -> None:
     version = register(registry, registry.good_run)
-    tracking.set_alias(registry.name, "candidate", version)
+    model_registry.set_alias(registry.name, "candidate", version)
     registry.client.transition_model_version_stage(registry.name, version, "Staging")
     uris = [
         f"runs:/{registry.good_run}/model",
         f"models:/{registry.name}@candidate",
         f"models:/{registry.name}/{version}",
     ]
-    states = [tracking.load_predictor(uri).model.state_dict() for uri in uris]
+    states = [model_registry.load_predictor(uri).model.state_dict() for uri in uris]
     with pytest.warns(DeprecationWarning, match="stages are deprecated"):
-        ref = tracking.resolve_model_uri(f"models:/{registry.name}/Staging")
+        ref = model_registry.resolve_model_uri(f"models:/{registry.name}/Staging")
     assert ref.version == version and ref.run_id == registry.good_run
-    states.append(tracking.load_predictor(f"models:/{registry.name}/Staging").model.state_dict())
+    states.append(
+        model_registry.load_predictor(f"models:/{registry.name}/Staging").model.state_dict()
+    )
     for state in states[1:]:
         assert state.keys() == states[0].keys()
         assert all(torch.equal(state[k], states[0][k]) for k in state)
@@ -134,7 +136,7 @@ def test_evaluate_job_logs_table_figures_checks_and_lineage(
     registry: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     version = register(registry, registry.good_run)
-    tracking.set_alias(registry.name, "evaluated", version)
+    model_registry.set_alias(registry.name, "evaluated", version)
     out = tmp_path / "e.json"
     uri = f"models:/{registry.name}@evaluated"
     args = ["--model-uri", uri, "--dataset", "digits", "--results-json", str(out)]
@@ -191,7 +193,7 @@ def test_tampered_artifact_is_refused_without_running_code(
     for path in weights:
         path.write_bytes(pickle.dumps(Exploit()))
     with pytest.raises(ModelLoadError):
-        tracking.load_predictor(f"runs:/{run_id}/model")
+        model_registry.load_predictor(f"runs:/{run_id}/model")
     assert not marker.exists()
 
 
@@ -212,11 +214,11 @@ def test_plain_pyfunc_predicts_a_batch(registry: Registry) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_model_trained_on_gpu_loads_on_cpu(tmp_path: Path) -> None:
-    from app.data import DATASETS
+    from app.datasets import dataset_info
     from app.inference import Predictor, save_model_files
     from app.models import ModelSpec, build_model
 
-    spec = ModelSpec.for_dataset("resnet18", DATASETS["digits"])
+    spec = ModelSpec.for_dataset("resnet18", dataset_info("digits"))
     model = build_model(spec).cuda()
     save_model_files({k: v for k, v in model.state_dict().items()}, spec, tmp_path)
     loaded = Predictor.from_folder(tmp_path, "cpu")

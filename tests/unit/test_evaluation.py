@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-from app.data import DATASETS
+from app.datasets import dataset_info
 from app.evaluation import (
     plot_confusion_matrix,
     plot_hardest_errors,
@@ -35,7 +35,7 @@ def test_class_never_predicted_scores_zero_not_nan() -> None:
 
 
 def test_figures_are_written_as_png(tmp_path: Path) -> None:
-    info = DATASETS["digits"]
+    info = dataset_info("digits")
     labels = torch.tensor([0, 1, 2, 3])
     probabilities = torch.eye(10)[[0, 2, 2, 1]]
     report = score(labels.numpy(), probabilities.argmax(1).numpy(), info.classes)

@@ -10,18 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from app.train.config import TrainConfig
-from app.data import DATASETS, ImageSplits, load_dataset
+from app.datasets import ImageSplits, dataset_info, load_dataset
 from app.inference import Predictor, serving_dtype
 from app.models import ModelSpec, build_model
+from app.train.batches import DeviceData, compile_model, prepare_batch, warm_up_shapes
+from app.train.config import TrainConfig
 from app.train.context import LocalContext
-from app.train.loop import (
-    DeviceData,
-    compile_model,
-    prepare_batch,
-    train_worker,
-    warm_up_shapes,
-)
+from app.train.loop import train_worker
 from app.train.optim import resolve_precision
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,7 +143,7 @@ def striped_digits(n: int) -> ImageSplits:
     images[torch.arange(n), 0, labels] = 255
     cut = n * 8 // 10
     return ImageSplits(
-        DATASETS["digits"],
+        dataset_info("digits"),
         images[:cut], labels[:cut],
         images[cut:], labels[cut:],
         images[cut:], labels[cut:],
@@ -171,7 +166,7 @@ def test_gpu_training_uses_mixed_precision_and_learns() -> None:
 @pytest.mark.gpu
 @needs_gpu
 def test_gpu_serving_in_float16_agrees_with_float32() -> None:
-    spec = ModelSpec.for_dataset("resnet18", DATASETS["cifar10"])
+    spec = ModelSpec.for_dataset("resnet18", dataset_info("cifar10"))
     gpu = Predictor.on_device(build_model(spec), spec, torch.device("cuda"))
     assert gpu.serving_dtype == torch.float16
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)

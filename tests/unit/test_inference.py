@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from app.data import DATASETS
-from app.inference import WEIGHTS_FILE, Predictor, ModelLoadError, save_model_files
+from app.datasets import dataset_info
+from app.inference import WEIGHTS_FILE, ModelLoadError, Predictor, save_model_files
 from app.models import ModelSpec, build_model, cpu_state_dict
 
 
 @pytest.fixture
 def saved(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
-    spec = ModelSpec.for_dataset("resnet18", DATASETS["digits"])
+    spec = ModelSpec.for_dataset("resnet18", dataset_info("digits"))
     model = build_model(spec).eval()
     save_model_files(cpu_state_dict(model), spec, tmp_path)
     return tmp_path, model
@@ -58,7 +58,7 @@ def test_pickle_disguised_as_weights_is_refused_without_running(
 def test_weights_of_another_architecture_refused(saved: tuple[Path, torch.nn.Module]) -> None:
     folder, _ = saved
     (folder / "spec.json").write_text(
-        ModelSpec.for_dataset("mobilenet_v3_small", DATASETS["digits"]).to_json()
+        ModelSpec.for_dataset("mobilenet_v3_small", dataset_info("digits")).to_json()
     )
     with pytest.raises(ModelLoadError, match="do not match"):
         Predictor.from_folder(folder)

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from app.data import load_dataset
+from app.datasets import load_dataset
 from app.preprocessing import InputError, Limits, to_model_input
 
 CLIENT_ERRORS = {400, 413, 415, 422}

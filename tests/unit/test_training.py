@@ -1,10 +1,11 @@
 import pytest
 import torch
 
+from app.datasets import load_dataset
+from app.train.batches import shard_order
 from app.train.config import TrainConfig
-from app.data import load_dataset
 from app.train.context import LocalContext
-from app.train.loop import shard_order, train_worker
+from app.train.loop import train_worker
 from app.train.optim import lr_at, resolve_precision
 
 

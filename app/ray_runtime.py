@@ -1,0 +1,33 @@
+"""Reaching a Ray cluster from a job's driver, whichever way the job was started."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Ray Train gives a worker group 60 s to start; on a busy 2-core laptop importing torch in
+# several fresh worker processes can take longer. Applies to clusters this process starts.
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+
+
+def ensure_ray() -> None:
+    """Connect to the running cluster (inside ``ray job submit`` or after ``ray start``), or
+    start a local one. Workers of a plain ``python jobs/x.py`` get the repo on their path."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        ray.init()  # a submitted job: its runtime env (working_dir) already carries the code
+    else:
+        pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+
+
+def ray_job_id() -> str | None:
+    import ray
+
+    return os.environ.get("RAY_JOB_SUBMISSION_ID") or (
+        ray.get_runtime_context().get_job_id() if ray.is_initialized() else None
+    )
