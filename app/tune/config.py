@@ -32,6 +32,12 @@ class TuneConfig(TrainConfig):
         None, description="hyperopt warm start: a JSON list of configs, or a YAML/JSON file of one"
     )
     resume: bool = Field(False, description="resume the sweep named by --run-name (or the latest)")
+    autoscaler_node_types: str | None = Field(
+        None,
+        description="the autoscaler's worker groups, as JSON "
+        '{"GROUP": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": 4}}, when Ray does not '
+        "report them: sizes the sweep from what the cluster can grow to (set in the RayCluster)",
+    )
     alias: str | None = Field(
         "challenger", pattern=ALIAS_PATTERN, description="alias for the registered best model"
     )
@@ -73,5 +79,3 @@ class TuneConfig(TrainConfig):
 def validate_before_start(cfg: TuneConfig) -> tuple[SearchSpace, list[dict[str, Any]]]:
     space = cfg.space()
     return space, cfg.warm_start(space)
-
-

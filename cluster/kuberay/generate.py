@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import math
 import re
 import sys
 import textwrap
@@ -32,6 +34,9 @@ from serve.throughput import HIGH_THROUGHPUT_ENV  # noqa: E402
 SERVE_CONFIG = REPO / "serve" / "config.yaml"
 RAYCLUSTER = HERE / "raycluster" / "raycluster.yaml"
 GPU = "nvidia.com/gpu"
+NODE_TYPES_ENV = (
+    "RAYVISION_AUTOSCALER_NODE_TYPES"  # read by app/tune/plan.py (no torch import here)
+)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -176,8 +181,65 @@ def _submitter(cluster_spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _quantity(value: Any) -> float:
+    text = str(value)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def autoscaler_node_types(spec: dict[str, Any]) -> dict[str, Any]:
+    """The worker groups as the autoscaler sees them (Ray resources per pod, maxReplicas), in
+    the shape RAYVISION_AUTOSCALER_NODE_TYPES takes: Ray 2.60 reports no node types to a job,
+    so a sweep on a cluster at rest sizes itself from this (app/tune/plan.py)."""
+    types = {}
+    for group in spec["workerGroupSpecs"]:
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        params = group.get("rayStartParams") or {}
+        # KubeRay advertises the container's CPU limit rounded up (or num-cpus), and
+        # nvidia.com/gpu as GPU.
+        resources = {"CPU": math.ceil(float(params.get("num-cpus", _quantity(limits["cpu"]))))}
+        if GPU in limits or "num-gpus" in params:
+            resources["GPU"] = int(params.get("num-gpus", limits.get(GPU, 0)))
+        types[group["groupName"]] = {"resources": resources, "max_workers": group["maxReplicas"]}
+    return types
+
+
+def _runtime_env(cluster_spec: dict[str, Any]) -> str:
+    node_types = json.dumps(autoscaler_node_types(cluster_spec), separators=(",", ":"))
+    return yaml.safe_dump({"env_vars": {NODE_TYPES_ENV: node_types}}, sort_keys=False)
+
+
+# A slot's name per cron cadence: a job resubmitted within its slot gets the same --run-name and
+# resumes (train: Ray Train's checkpoints and the MLflow run; tune: the sweep), and a job that
+# had finished registers nothing new.
+_SLOT_FORMATS = (("minute", "%Y%m%dT%H%M"), ("hour", "%Y%m%dT%H"), ("day", "%Y%m%d"))
+RESUMABLE_ENTRYPOINTS = ("python jobs/train.py", "python jobs/tune.py")
+
+
+def slot_format(schedule: str) -> str:
+    """The date format naming one slot of a cron schedule (minute hour dom month dow)."""
+    minute, hour, dom, month, dow = schedule.split()
+    if "*" in minute or "/" in minute or "," in minute or "-" in minute:
+        return _SLOT_FORMATS[0][1]
+    if "*" in hour or "/" in hour or "," in hour or "-" in hour:
+        return _SLOT_FORMATS[1][1]
+    if dow != "*" and dom == "*" and "," not in dow and "-" not in dow:
+        return "%G-W%V"  # weekly: one slot per ISO week
+    if dom != "*" and dow == "*" and month == "*" and dom.isdigit():
+        return "%Y%m"  # monthly
+    return _SLOT_FORMATS[2][1]
+
+
+def scheduled_entrypoint(name: str, schedule: str, time_zone: str, entrypoint: str) -> str:
+    """The job's entrypoint with ``--run-name NAME-SLOT``, the slot expanded by the submitter
+    pod's shell when KubeRay submits it."""
+    if not entrypoint.startswith(RESUMABLE_ENTRYPOINTS) or "--run-name" in entrypoint:
+        return entrypoint
+    return f"{entrypoint} --run-name {name}-$(TZ={time_zone} date +{slot_format(schedule)})"
+
+
 def rayjob_spec(job: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
     spec: dict[str, Any] = {"entrypoint": job["entrypoint"]}
+    spec["runtimeEnvYAML"] = _runtime_env(cluster["spec"])
     if job["cluster"] == "shared":
         spec["clusterSelector"] = {"ray.io/cluster": cluster["metadata"]["name"]}
     elif job["cluster"] == "own":
@@ -231,7 +293,18 @@ def generate(serve_config_path: Path) -> dict[str, str]:
             "spec": {
                 "schedule": schedule["schedule"],
                 "timeZone": pipelines["timeZone"],
-                "jobTemplate": rayjob_spec(pipelines["jobs"][schedule["job"]], cluster),
+                "jobTemplate": rayjob_spec(
+                    {
+                        **pipelines["jobs"][schedule["job"]],
+                        "entrypoint": scheduled_entrypoint(
+                            name,
+                            schedule["schedule"],
+                            pipelines["timeZone"],
+                            pipelines["jobs"][schedule["job"]]["entrypoint"],
+                        ),
+                    },
+                    cluster,
+                ),
             },
         }
         files[f"raycronjob-{name}.yaml"] = job_header + _dump(doc)

@@ -108,7 +108,7 @@ def test_rayservice_serves_the_serve_config() -> None:
     served = yaml.safe_load(service["spec"]["serveConfigV2"])
     assert served == _expected_serve_config(REPO / "serve" / "config.yaml")
     (app,) = [a for a in served["applications"] if a["name"] == "classifier"]
-    assert app["import_path"] == "serve.app:app"
+    assert app["import_path"] == "serve.service:app"
     assert app["route_prefix"] == "/"
 
 
@@ -118,7 +118,7 @@ def test_generator_drops_local_working_dirs_only(tmp_path: Path) -> None:
             {
                 "name": "classifier",
                 "route_prefix": "/",
-                "import_path": "serve.app:app",
+                "import_path": "serve.service:app",
                 "runtime_env": {"working_dir": ".", "env_vars": {"A": "1"}},
             },
             {
@@ -276,7 +276,11 @@ def test_schedules_run_the_pipelines_jobs() -> None:
         (cron,) = _docs(f"raycronjob-{name}.yaml")
         assert cron["spec"]["schedule"] == schedule["schedule"]
         assert len(cron["spec"]["schedule"].split()) == 5
-        assert cron["spec"]["jobTemplate"] == _rayjob(schedule["job"])["spec"]
+        job = _rayjob(schedule["job"])["spec"]
+        template = cron["spec"]["jobTemplate"]
+        # The same job, plus (train, tune) a --run-name per schedule slot: test_scheduled_jobs.py
+        assert {**template, "entrypoint": job["entrypoint"]} == job
+        assert template["entrypoint"].startswith(job["entrypoint"])
 
 
 def _gcs_ft_cluster() -> dict[str, Any]:
