@@ -19,7 +19,7 @@ from pydantic import Field
 
 from app import model_registry, tracking
 from app.config import DatasetName, DatasetOptions, Experiment
-from app.datasets import ImageSplits, load_dataset
+from app.datasets import ImageSplits, load_splits
 from app.errors import JobFailedError
 from app.evaluation import EvalReport, log_evaluation, score
 from app.inference import Predictor
@@ -166,7 +166,7 @@ def evaluate(cfg: EvaluateConfig, splits: ImageSplits | None = None) -> dict[str
     dataset = cfg.dataset or predictor.spec.dataset
     if dataset != predictor.spec.dataset:
         raise ValueError(f"{cfg.model_uri} was trained on {predictor.spec.dataset}, not {dataset}")
-    splits = splits or load_dataset(dataset, cfg.data_dir, cfg.download)
+    splits = splits or load_splits(dataset, cfg.data_dir, cfg.download)
     probabilities = predictor.predict_proba(splits.x_test)
     report = score(splits.y_test.numpy(), probabilities.argmax(1).numpy(), classes)
     checks = behavioural_checks(predictor, splits, report, cfg)

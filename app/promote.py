@@ -10,7 +10,7 @@ from pydantic import Field
 
 from app import model_registry, tracking
 from app.config import ALIAS_PATTERN, MODEL_NAME_PATTERN, DatasetName, DatasetOptions, Experiment
-from app.datasets import ImageSplits, load_dataset
+from app.datasets import ImageSplits, load_splits
 from app.errors import JobFailedError
 from app.evaluate import EVAL_EXPERIMENT, EvaluateConfig, evaluate
 
@@ -72,7 +72,7 @@ def promote(cfg: PromoteConfig) -> dict[str, Any]:
         )
 
     challenger = evaluate_version(challenger_version, None)
-    splits = load_dataset(challenger["dataset"], cfg.data_dir, cfg.download)
+    splits = load_splits(challenger["dataset"], cfg.data_dir, cfg.download)
     champion = evaluate_version(champion_version, splits) if champion_version else None
     bar = (champion["accuracy"] if champion else 0.0) + cfg.min_improvement
     results = {

@@ -51,7 +51,7 @@ import torch  # noqa: E402
 from ray.serve import Application  # noqa: E402
 
 from app import model_registry, tracking  # noqa: E402
-from app.datasets import dataset_info, load_dataset  # noqa: E402
+from app.datasets import dataset_info, load_splits  # noqa: E402
 from app.models import ModelSpec, build_model, cpu_state_dict  # noqa: E402
 from serve import service  # noqa: E402
 from serve.client import png_bytes  # noqa: E402
@@ -206,7 +206,7 @@ def main() -> None:
         spec = ModelSpec.for_dataset(args.model, dataset_info(args.dataset))
         model_uri = register_untrained(spec)
         if args.dataset == "digits":
-            image = png_bytes(load_dataset("digits").x_test[0, 0].numpy())
+            image = png_bytes(load_splits("digits").x_test[0, 0].numpy())
         else:
             image = png_bytes(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8))
         port = free_port()

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from app.datasets import ImageSplits, load_dataset
+from app.datasets import ImageSplits, load_splits
 from app.train.config import TrainConfig
 from benchmarks.baselines import plain_epochs
 
@@ -61,7 +61,7 @@ def main() -> None:
             lr_schedule="constant", experiment="bench-train-overhead",
             storage_path=f"{tmp}/ray_results",
         )  # fmt: skip
-        splits = load_dataset("digits")
+        splits = load_splits("digits")
         baseline = plain_epochs(cfg, splits, torch.device("cpu"))
         project, wall = project_epochs(cfg, splits)
     baseline_epoch = statistics.median(baseline[1:])

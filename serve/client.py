@@ -86,9 +86,9 @@ def sample_digit(index: int = 0) -> tuple[bytes, str]:
     # Run as a script (``python serve/client.py``), sys.path has serve/ but not the repository
     # root, where the ``app`` library is.
     sys.path.append(str(Path(__file__).resolve().parent.parent))
-    from app.datasets import load_dataset
+    from app.datasets import load_splits
 
-    splits = load_dataset("digits")
+    splits = load_splits("digits")
     return png_bytes(splits.x_test[index, 0].numpy()), splits.info.classes[splits.y_test[index]]
 
 

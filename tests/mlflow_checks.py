@@ -6,7 +6,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from app.datasets import load_dataset
+from app.datasets import load_splits
 
 
 def check_training_run(client: MlflowClient, run_id: str, epochs: int, log_every: int) -> None:
@@ -41,7 +41,7 @@ def check_training_run(client: MlflowClient, run_id: str, epochs: int, log_every
 
 def check_model_classifies_digits(model_uri: str, min_accuracy: float) -> float:
     """Load with plain MLflow pyfunc (on CPU) and classify the held-out test digits."""
-    splits = load_dataset("digits")
+    splits = load_splits("digits")
     model = mlflow.pyfunc.load_model(model_uri)
     images = splits.x_test[:, 0].numpy()  # (N, 8, 8) uint8
     predictions = model.predict(images)

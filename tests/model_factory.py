@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from app import model_registry, tracking
-from app.datasets import ImageSplits, load_dataset
+from app.datasets import ImageSplits, load_splits
 from app.evaluation import evaluate_model
 from app.models import ModelSpec, build_model, cpu_state_dict
 from app.train.config import TrainConfig
@@ -19,7 +19,7 @@ from app.train.loop import train_worker
 
 def digits_state(epochs: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """A resnet18 state dict for digits: trained ``epochs`` epochs, or untrained for 0."""
-    splits = load_dataset("digits")
+    splits = load_splits("digits")
     if epochs == 0:
         torch.manual_seed(seed)
         return cpu_state_dict(build_model(ModelSpec.for_dataset("resnet18", splits.info)))
@@ -35,7 +35,7 @@ def log_digits_model(
     state: dict[str, torch.Tensor], experiment: str, splits: ImageSplits | None = None
 ) -> tuple[str, float]:
     """Log ``state`` as a model run (with its test accuracy); return (run_id, accuracy)."""
-    splits = splits or load_dataset("digits")
+    splits = splits or load_splits("digits")
     spec = ModelSpec.for_dataset("resnet18", splits.info)
     model = build_model(spec)
     model.load_state_dict(state)

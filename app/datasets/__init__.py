@@ -25,7 +25,7 @@ from app.datasets.registry import (
     register_dataset,
     unregister_dataset,
 )
-from app.datasets.splits import ImageSplits, fingerprint, load_dataset
+from app.datasets.splits import ImageSplits, fingerprint, load_splits
 from app.datasets.transforms import augment, normalize
 
 __all__ = [
@@ -41,7 +41,7 @@ __all__ = [
     "dataset_names",
     "fingerprint",
     "get_dataset",
-    "load_dataset",
+    "load_splits",
     "normalize",
     "register_dataset",
     "unregister_dataset",

@@ -42,7 +42,7 @@ _DATASETS: Registry[Dataset] = Registry("dataset", "app.datasets.catalog")
 
 
 def register_dataset(dataset: Dataset) -> Dataset:
-    """Make a dataset available by name (to ``load_dataset``, the config, ``--help``)."""
+    """Make a dataset available by name (to ``load_splits``, the config, ``--help``)."""
     return _DATASETS.register(dataset.name, dataset)
 
 

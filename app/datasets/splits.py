@@ -50,7 +50,7 @@ def stratified_val_split(
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
 
 
-def load_dataset(
+def load_splits(
     name: str,
     data_dir: Path = Path("data"),
     download: bool = True,

@@ -22,7 +22,7 @@ from mlflow.entities import Run
 from torch import nn
 
 from app import model_registry, tracking
-from app.datasets import ImageSplits, load_dataset
+from app.datasets import ImageSplits, load_splits
 from app.evaluation import PER_CLASS_TABLE, evaluate_model, log_evaluation
 from app.models import ModelSpec, cpu_state_dict
 from app.ray_runtime import ensure_ray, ray_job_id
@@ -199,7 +199,7 @@ def fit(
     scheduler's stop also surfaces here as an error, and the sweep decides the status."""
     started = time.perf_counter()
     tracking.configure()
-    splits = splits or load_dataset(
+    splits = splits or load_splits(
         cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed
     )
     run_name = cfg.run_name or f"{cfg.dataset}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -19,7 +19,7 @@ from typing import Any
 
 from app import tracking
 from app.config import ConfigError
-from app.datasets import ImageSplits, load_dataset
+from app.datasets import ImageSplits, load_splits
 from app.ray_runtime import ensure_ray
 from app.train.config import TrainConfig
 from app.tune.config import TuneConfig, validate_before_start
@@ -264,7 +264,7 @@ def run_sweep(cfg: TuneConfig) -> dict[str, Any]:
     space, warm_start = validate_before_start(cfg)
     node_types = parse_node_types(cfg.autoscaler_node_types or "{}")
     tracking.configure()
-    splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed)
+    splits = load_splits(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed)
     ensure_ray()
     capacity = cluster_capacity(node_types)
     plan = plan_trials(cfg, capacity)

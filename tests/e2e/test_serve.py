@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from app import model_registry
-from app.datasets import load_dataset
+from app.datasets import load_splits
 from serve.client import ServeClient, png_bytes
 from tests.conftest import BIN, REPO, MlflowServer, RayCluster
 from tests.model_factory import digits_state, log_digits_model
@@ -85,7 +85,7 @@ def serve_cli(args: list[str], env: dict[str, str]) -> None:
 def registered(mlflow_server: MlflowServer) -> Iterator[Registered]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-        splits = load_dataset("digits")
+        splits = load_splits("digits")
         run_id, accuracy = log_digits_model(digits_state(epochs=4), "e2e-serve", splits)
         for version in ("1", "2"):
             assert model_registry.register_version(run_id, MODEL_NAME, {}) == version

@@ -13,7 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from app import tracking
-from app.datasets import load_dataset
+from app.datasets import load_splits
 from app.train.config import TrainConfig
 from app.train.context import LocalContext
 from app.train.driver import evaluate_and_log_model
@@ -84,7 +84,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stoppabl
 def test_training_survives_a_tracking_outage_and_loses_no_metric(
     server: StoppableMlflowServer,
 ) -> None:
-    splits = load_dataset("digits")
+    splits = load_splits("digits")
     cfg = TrainConfig(epochs=4, num_workers=1, batch_size=128, log_every_n_batches=2)
     run_id = tracking.start_run("outage", "outage", {}, {})
     sink = tracking.MetricBuffer(run_id)

@@ -20,7 +20,7 @@ from app.datasets import (
     dataset_info,
     dataset_names,
     get_dataset,
-    load_dataset,
+    load_splits,
     normalize,
 )
 from app.datasets.fetch import ensure
@@ -85,7 +85,7 @@ def test_every_dataset_reads_tiny_files_in_its_published_format(tmp_path: Path, 
     if dataset.source is not None:
         assert name in WRITERS, f"add a writer of tiny {name} files (its real format) to WRITERS"
         WRITERS[name](tmp_path)
-    splits = load_dataset(name, tmp_path, download=False, val_fraction=0.25)
+    splits = load_splits(name, tmp_path, download=False, val_fraction=0.25)
     info = splits.info
     shape = (info.channels, info.image_size, info.image_size)
     assert len(info.mean) == len(info.std) == info.channels
@@ -105,16 +105,16 @@ def test_missing_dataset_offline_says_where_to_put_it(tmp_path: Path, name: str)
     source = get_dataset(name).source
     assert source is not None
     with pytest.raises(DatasetUnavailableError) as error:
-        load_dataset(name, tmp_path, download=False)
+        load_splits(name, tmp_path, download=False)
     message = str(error.value)
     assert str(tmp_path) in message and source.folder in message and "download disabled" in message
     assert all(remote.url in message for remote in source.files)
 
 
 def test_digits_splits_are_stratified_seeded_and_disjoint() -> None:
-    a = load_dataset("digits", seed=1)
-    b = load_dataset("digits", seed=1)
-    c = load_dataset("digits", seed=2)
+    a = load_splits("digits", seed=1)
+    b = load_splits("digits", seed=1)
+    c = load_splits("digits", seed=2)
     assert a.x_train.dtype == torch.uint8 and a.x_train.shape[1:] == (1, 8, 8)
     assert len(a.x_train) + len(a.x_val) + len(a.x_test) == 1797
     assert torch.equal(a.x_val, b.x_val)
@@ -126,7 +126,7 @@ def test_digits_splits_are_stratified_seeded_and_disjoint() -> None:
 
 def test_fashion_mnist_read_from_idx_files(tmp_path: Path) -> None:
     write_fashion(tmp_path)
-    splits = load_dataset("fashion_mnist", tmp_path, download=False, val_fraction=0.25)
+    splits = load_splits("fashion_mnist", tmp_path, download=False, val_fraction=0.25)
     assert splits.x_train.shape[1:] == (1, 28, 28)
     assert len(splits.x_train) + len(splits.x_val) == 40
     assert len(splits.x_test) == 20
@@ -136,7 +136,7 @@ def test_fashion_mnist_read_from_idx_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_read_from_python_batches(tmp_path: Path, name: str) -> None:
     first = write_cifar(tmp_path, name)
-    splits = load_dataset(name, tmp_path, download=False, val_fraction=0.2)
+    splits = load_splits(name, tmp_path, download=False, val_fraction=0.2)
     assert splits.x_test.shape[1:] == (3, 32, 32)
     assert splits.info.num_classes == (10 if name == "cifar10" else 100)
     assert splits.info.classes[0] in ("c0", "f0")  # the names come from the meta file
@@ -156,7 +156,7 @@ def test_tampered_cifar_pickle_cannot_run_code(tmp_path: Path) -> None:
 
     (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(Exploit()))
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        load_dataset("cifar10", tmp_path, download=False)
+        load_splits("cifar10", tmp_path, download=False)
     assert not marker.exists()
 
 

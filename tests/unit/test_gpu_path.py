@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from app.datasets import ImageSplits, dataset_info, load_dataset
+from app.datasets import ImageSplits, dataset_info, load_splits
 from app.inference import Predictor, serving_dtype
 from app.models import ModelSpec, build_model
 from app.train.batches import DeviceData, compile_model, prepare_batch, warm_up_shapes
@@ -25,7 +25,7 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 
 @pytest.fixture(scope="module")
 def digits() -> ImageSplits:
-    return load_dataset("digits")
+    return load_splits("digits")
 
 
 def small_digits(splits: ImageSplits, n_train: int, n_val: int) -> ImageSplits:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from app.datasets import load_dataset
+from app.datasets import load_splits
 from app.preprocessing import InputError, Limits, to_model_input
 
 CLIENT_ERRORS = {400, 413, 415, 422}
@@ -51,7 +51,7 @@ def error_of(data: bytes, size: int = 8, channels: int = 1, **limits: int) -> In
 @pytest.fixture(scope="module")
 def digit() -> np.ndarray:
     """A held-out digit as the model saw it in training: uint8 (8, 8)."""
-    return load_dataset("digits").x_test[0, 0].numpy()
+    return load_splits("digits").x_test[0, 0].numpy()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from app.datasets import (
     RawArrays,
     dataset_names,
     get_dataset,
-    load_dataset,
+    load_splits,
     register_dataset,
     unregister_dataset,
 )
@@ -103,7 +103,7 @@ def test_a_dataset_module_added_to_the_catalog_is_discovered(
     add_catalog_module("app.datasets.catalog", "tiny_squares", TINY_DATASET)
     assert "tiny_squares" in dataset_names()
     # The loaders, the config's validation and choices and --help all see it.
-    splits = load_dataset("tiny_squares", val_fraction=0.2)
+    splits = load_splits("tiny_squares", val_fraction=0.2)
     assert splits.x_train.shape[1:] == (1, 4, 4) and len(splits.x_test) == 10
     assert merge_config(TrainConfig, {"dataset": "tiny_squares"}, env={}).dataset == "tiny_squares"
     assert "tiny_squares" in _choices(DatasetName)

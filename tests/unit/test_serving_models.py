@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from app import model_registry, tracking
-from app.datasets import dataset_info, load_dataset
+from app.datasets import dataset_info, load_splits
 from app.models import ModelSpec, build_model, cpu_state_dict
 from app.serving.bodies import read_image
 from app.serving.errors import health_response, install_error_handlers
@@ -162,7 +162,7 @@ def test_a_pinned_run_never_registered_under_the_name_has_no_version(registry: S
 
 
 def test_the_alias_is_served_and_predicts_like_the_registered_model(registry: Store) -> None:
-    images = load_dataset("digits").x_test[:5].numpy()
+    images = load_splits("digits").x_test[:5].numpy()
 
     async def scenario(holder: ModelHolder) -> None:
         await holder.configure(settings())
@@ -183,7 +183,7 @@ def test_the_alias_is_served_and_predicts_like_the_registered_model(registry: St
 
 
 def test_a_new_version_is_swapped_in_and_the_old_one_still_predicts(registry: Store) -> None:
-    image = load_dataset("digits").x_test[0].numpy()
+    image = load_splits("digits").x_test[0].numpy()
 
     async def scenario(holder: ModelHolder) -> None:
         await holder.configure(settings())
@@ -277,7 +277,7 @@ def test_the_poller_follows_the_alias_and_keeps_serving_when_it_disappears(
 
 
 def test_images_decoded_for_another_shape_are_returned_unanswered(registry: Store) -> None:
-    digit = load_dataset("digits").x_test[0].numpy()
+    digit = load_splits("digits").x_test[0].numpy()
     other = np.zeros((3, 32, 32), dtype=np.uint8)
 
     async def scenario(holder: ModelHolder) -> None:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from app.datasets import load_dataset
+from app.datasets import load_splits
 from app.train.batches import shard_order
 from app.train.config import TrainConfig
 from app.train.context import LocalContext
@@ -23,7 +23,7 @@ class RecordingSink:
 
 @pytest.fixture(scope="module")
 def digits():  # type: ignore[no-untyped-def]
-    return load_dataset("digits")
+    return load_splits("digits")
 
 
 def test_shards_partition_each_epoch_and_change_order() -> None:
