@@ -132,7 +132,7 @@ def ray_cluster(
         "RAY_ADDRESS": cluster.gcs_address,
         # Serve as the project's clusters run it, with HAProxy's files and ports its own.
         **HIGH_THROUGHPUT_ENV,
-        **private_haproxy_env(str(cluster.temp_dir / "haproxy"), haproxy_stats_port, free_port()),
+        **private_haproxy_env(str(cluster.temp_dir / "hp"), haproxy_stats_port, free_port()),
     }
     cluster.head_args = ("--min-worker-port=20000", "--max-worker-port=20999")
     cluster.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -36,8 +37,9 @@ class LocalRayCluster:
     ) -> None:
         self.root = root
         self.home = root / "home"
-        # Short: Ray's Unix socket paths under the temp dir must stay below ~107 characters.
-        self.temp_dir = Path(f"/tmp/rvtest-{os.getpid()}-{id(self) % 10_000}")
+        # Short: Unix socket paths under the temp dir must stay below ~107 characters for Ray
+        # and 97 for HAProxy, which adds a 56-character node id of its own.
+        self.temp_dir = Path(f"/tmp/rv{secrets.token_hex(3)}")
         self.head_cpus = head_cpus
         self.autoscaling_config = autoscaling_config
         self.extra_env = env or {}
