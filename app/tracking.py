@@ -219,18 +219,18 @@ class MetricBuffer:
         self.failed_sends = 0
         return True
 
-    def drain(self, timeout_s: float = DRAIN_TIMEOUT_S, interval_s: float = 5.0) -> None:
+    def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Flush until everything is sent (the end of a run, where nothing would send what is
         left); raise ``TrackingUnavailableError`` if the server stays unreachable
         ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while not self.flush():
-            if time.monotonic() + interval_s > deadline:
+
+        def send_all() -> None:
+            if not self.flush():
                 raise TrackingUnavailableError(
-                    f"MLflow unreachable for {timeout_s:g}s: {len(self.pending)} metrics of run "
-                    f"{self.run_id} not sent"
+                    f"{len(self.pending)} metrics of run {self.run_id} not sent"
                 )
-            time.sleep(interval_s)  # a back-off between tries of an unreachable server
+
+        retrying(send_all, f"sending the metrics of run {self.run_id}", timeout_s)
 
     def _bound(self) -> None:
         excess = len(self.pending) - self.max_pending

@@ -199,9 +199,6 @@ def fit(
     scheduler's stop also surfaces here as an error, and the sweep decides the status."""
     started = time.perf_counter()
     tracking.configure()
-    splits = splits or load_splits(
-        cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed
-    )
     run_name = cfg.run_name or f"{cfg.dataset}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     earlier = _find_resumable_run(cfg)
     if earlier is not None and earlier.info.status == "FINISHED":
@@ -209,6 +206,10 @@ def fit(
         # job is resubmitted after it finished: no retraining, no second registered version.
         print(f"ray run {run_name} already finished as MLflow run {earlier.info.run_id}")
         return _outcome(cfg, earlier.info.run_id, earlier.data.metrics)
+    # Before any run is created or Ray started: a missing dataset fails at once.
+    splits = splits or load_splits(
+        cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed
+    )
     ensure_ray()
     run_id = _open_run(cfg, splits, run_name, earlier, parent_run_id, extra_tags)
     print(f"MLflow run {run_id} at {tracking.tracking_uri()}", flush=True)

@@ -128,6 +128,11 @@ def cluster_capacity(declared: tuple[NodeType, ...] = ()) -> Capacity:
     return capacity_of(ray.nodes(), declared, NODE_TYPES_ENV)
 
 
+def _least_cpus(cfg: TuneConfig) -> float:
+    """The fewest CPUs one trial can run on: its driver and every worker at the smallest share."""
+    return cfg.num_workers * MIN_CPUS_PER_WORKER + TRIAL_DRIVER_CPU
+
+
 def _worker_fits_a_node(worker: Mapping[str, float], capacity: Capacity) -> bool:
     return any(
         t.max_count > 0 and all(t.resources.get(r, 0.0) + 1e-9 >= v for r, v in worker.items())
@@ -144,7 +149,7 @@ def plan_trials(cfg: TuneConfig, capacity: Capacity) -> TrialPlan:
     explicit_cpus = "cpus_per_worker" in cfg.model_fields_set
     cpus, gpus = capacity.cpus, capacity.gpus
     if cfg.max_concurrent is not None and not capacity.autoscaling_known:
-        least_cpus = cfg.num_workers * MIN_CPUS_PER_WORKER + TRIAL_DRIVER_CPU
+        least_cpus = _least_cpus(cfg)
         if cpus + 1e-9 < least_cpus or gpus < per_trial_gpus:
             # Not even one trial fits the nodes there now and the autoscaler's node types are
             # unknown: trust the flag, and let the trials wait for the autoscaler's nodes.
@@ -191,7 +196,7 @@ def _refuse_what_can_never_fit(cfg: TuneConfig, capacity: Capacity, per_trial_gp
     missing = []
     if per_trial_gpus > capacity.gpus:
         missing.append(f"{per_trial_gpus} GPUs (one per worker)")
-    least_cpus = cfg.num_workers * MIN_CPUS_PER_WORKER + TRIAL_DRIVER_CPU
+    least_cpus = _least_cpus(cfg)
     if least_cpus > capacity.cpus + 1e-9:
         missing.append(f"at least {least_cpus:g} CPUs")
     if missing:
