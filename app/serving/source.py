@@ -1,4 +1,4 @@
-"""Which registered model the settings mean, resolved through ``app.tracking``."""
+"""Which registered model the settings mean, resolved through ``app.model_registry``."""
 
 from __future__ import annotations
 
