@@ -19,7 +19,7 @@ import numpy as np
 
 from app.inference import SPEC_FILE, WEIGHTS_FILE, Predictor, save_model_files
 from app.models import ModelSpec
-from app.tracking import client, configure
+from app.tracking import client, configure, is_outage
 
 MODEL_ARTIFACT_PATH = "model"
 
@@ -170,7 +170,9 @@ def alias_version(name: str, alias: str) -> str | None:
     """The version an alias points at, or None when the alias (or the model) is not set."""
     try:
         return str(client().get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
+    except mlflow.exceptions.MlflowException as exc:
+        if is_outage(exc):
+            raise  # an unreachable server is not a missing alias
         return None
 
 

@@ -31,3 +31,17 @@ def ray_job_id() -> str | None:
     return os.environ.get("RAY_JOB_SUBMISSION_ID") or (
         ray.get_runtime_context().get_job_id() if ray.is_initialized() else None
     )
+
+
+def host_train_coordinator_here() -> None:
+    """Start Ray Train's autoscaling coordinator on this process's node (a sweep's driver: the
+    head). Ray Train starts it, a detached actor, on the node of the first training that needs
+    it; in a sweep that is a trial's worker node, which then never idles out, so an autoscaling
+    cluster would keep that node (a GPU node, even) forever. Started here first, the trials
+    find it by name. Ray 2.60's own function, from a private module: pinned with Ray."""
+    import ray
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        get_or_create_autoscaling_coordinator,
+    )
+
+    ray.get(get_or_create_autoscaling_coordinator().__ray_ready__.remote())

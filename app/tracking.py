@@ -8,17 +8,20 @@ with another working directory write to the same place.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # Only `git rev-parse HEAD`, with fixed arguments.
 import subprocess  # nosec B404
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import mlflow
+import requests
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 T = TypeVar("T")
@@ -72,9 +75,31 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def client() -> MlflowClient:
+# How long this process's tracking calls wait out an unreachable server (outlasting_outages).
+_patience_s = [0.0]
+
+
+@contextlib.contextmanager
+def outlasting_outages(seconds: float = DRAIN_TIMEOUT_S) -> Iterator[None]:
+    """Within it, ``client()`` in this process outlasts a tracking outage of up to ``seconds``:
+    for the drivers of long jobs (a training, a sweep), whose hours of work a restarting
+    tracking server must not cost. Elsewhere (interactive commands) calls keep failing fast."""
+    earlier = _patience_s[0]
+    _patience_s[0] = seconds  # process-wide, like mlflow.set_tracking_uri
+    try:
+        yield
+    finally:
+        _patience_s[0] = earlier
+
+
+def client(patient: bool = True) -> MlflowClient:
+    """A client on the tracking URI; one that waits out outages when ``patient`` and the process
+    is inside ``outlasting_outages``."""
     uri = configure()
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    plain = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if patient and _patience_s[0] > 0:
+        return cast("MlflowClient", _PatientClient(plain, _patience_s[0]))
+    return plain
 
 
 def ensure_experiment(name: str) -> str:
@@ -154,18 +179,53 @@ class TrackingUnavailableError(RuntimeError):
     """The tracking server stayed unreachable for longer than the caller could wait."""
 
 
+# What MLflow's client reports for a server that does not answer (connection refused, a 5xx
+# while it restarts, throttling). Any other error code is an answer: a missing run, a bad value.
+OUTAGE_ERROR_CODES = frozenset(
+    {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the tracking server is away, rather than that the request was wrong."""
+    if isinstance(exc, MlflowException):
+        return exc.error_code in OUTAGE_ERROR_CODES
+    if isinstance(exc, requests.HTTPError):
+        return exc.response is None or exc.response.status_code >= 500
+    return isinstance(exc, requests.RequestException | ConnectionError | TimeoutError)
+
+
 def retrying(action: Callable[[], T], what: str, timeout_s: float = DRAIN_TIMEOUT_S) -> T:
-    """``action()``, tried again every few seconds while it fails, for up to ``timeout_s`` (on
-    top of the MLflow client's own retries): the end of a run outlasts a tracking outage."""
+    """``action()``, tried again every few seconds while the tracking server is away, for up to
+    ``timeout_s`` (on top of the MLflow client's own retries): the end of a run outlasts a
+    tracking outage. Errors that are answers (``is_outage`` false) raise at once."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             return action()
         except Exception as exc:
-            if time.monotonic() + 5 > deadline:
+            if not is_outage(exc) or time.monotonic() + 5 > deadline:
                 raise
             print(f"{what} failed ({type(exc).__name__}); trying again", flush=True)
             time.sleep(5)  # a back-off between tries of an unreachable server
+
+
+class _PatientClient:
+    """An MlflowClient whose every call goes through ``retrying``."""
+
+    def __init__(self, plain: MlflowClient, patience_s: float) -> None:
+        self._plain = plain
+        self._patience_s = patience_s
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._plain, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return retrying(lambda: attribute(*args, **kwargs), f"MLflow {name}", self._patience_s)
+
+        return call
 
 
 class MetricBuffer:
@@ -184,7 +244,8 @@ class MetricBuffer:
         max_pending: int = MAX_PENDING_METRICS,
     ) -> None:
         self.run_id = run_id
-        self.client = mlflow_client or client()
+        # Not a patient client: a flush that fails must return at once, training goes on.
+        self.client = mlflow_client or client(patient=False)
         self.pending: list[Metric] = []
         self.max_pending = max_pending
         self.dropped = 0

@@ -87,6 +87,11 @@ class TrainConfig(DatasetOptions):
     max_failures: int = Field(
         2, ge=-1, le=1000, description="worker-group restarts from the latest checkpoint"
     )
+    # Counted apart from max_failures: Ray Train charges a worker lost to a drained spot node
+    # (RayActorError.preempted) here, so spot churn does not use up the budget for real errors.
+    max_preemption_failures: int = Field(
+        10, ge=-1, le=1000, description="restarts after spot preemptions, -1 for unlimited"
+    )
 
     @model_validator(mode="after")
     def _device_defaults(self) -> TrainConfig:

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from mlflow.entities import Run
 from torch import nn
 
@@ -178,7 +177,10 @@ def _trainer(
         run_config=RunConfig(
             name=run_name,
             storage_path=cfg.storage_path,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            failure_config=FailureConfig(
+                max_failures=cfg.max_failures,
+                max_preemption_failures=cfg.max_preemption_failures,
+            ),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
             worker_runtime_env={"env_vars": tracking.worker_env()},
@@ -196,7 +198,22 @@ def fit(
 ) -> TrainOutcome:
     """Train, evaluate, log and (optionally) register one model. Raises on failure after
     marking the MLflow run FAILED, unless ``close_run_on_error`` is off: in a Tune trial, a
-    scheduler's stop also surfaces here as an error, and the sweep decides the status."""
+    scheduler's stop also surfaces here as an error, and the sweep decides the status.
+
+    Every tracking call outlasts an outage of the server (``tracking.outlasting_outages``):
+    a training is not lost to an MLflow restart at its start or its end."""
+    with tracking.outlasting_outages():
+        return _fit(cfg, splits, parent_run_id, callbacks, extra_tags, close_run_on_error)
+
+
+def _fit(
+    cfg: TrainConfig,
+    splits: ImageSplits | None,
+    parent_run_id: str | None,
+    callbacks: Sequence[Any],
+    extra_tags: dict[str, str] | None,
+    close_run_on_error: bool,
+) -> TrainOutcome:
     started = time.perf_counter()
     tracking.configure()
     run_name = cfg.run_name or f"{cfg.dataset}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -241,7 +258,7 @@ def _outcome(cfg: TrainConfig, run_id: str, final: dict[str, Any]) -> TrainOutco
     per_class = [dict(zip(columns["columns"], row, strict=True)) for row in columns["data"]]
     return TrainOutcome(
         run_id=run_id,
-        experiment_id=str(mlflow.get_run(run_id).info.experiment_id),
+        experiment_id=str(tracking.client().get_run(run_id).info.experiment_id),
         model_uri=model_uri,
         test_accuracy=final["test_accuracy"],
         test_macro_f1=final["test_macro_f1"],

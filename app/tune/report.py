@@ -28,7 +28,6 @@ def summarise(
 ) -> dict[str, Any]:
     """Tag the best trial, log the best config to the parent, register the best model, print
     a table of trials."""
-    client = tracking.client()
     experiment_id = tracking.ensure_experiment(cfg.experiment)
     runs = _child_runs(experiment_id, parent_run_id)
     statuses = Counter(run.info.status for run in runs)
@@ -55,7 +54,7 @@ def summarise(
     tracking.set_tags(
         parent_run_id, {"best_run_id": best.info.run_id, "best_config": json.dumps(best_config)}
     )
-    buffer = tracking.MetricBuffer(parent_run_id, client)
+    buffer = tracking.MetricBuffer(parent_run_id)
     buffer.log(
         {
             f"best_{cfg.metric}": best.data.metrics[cfg.metric],

@@ -133,6 +133,7 @@ NOT_TUNABLE = {
     "use_gpu",
     "cpus_per_worker",
     "max_failures",
+    "max_preemption_failures",
     "log_every_n_batches",
     "val_fraction",
 }

@@ -34,6 +34,7 @@ class LocalRayCluster:
         autoscaling_config: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
         head_args: tuple[str, ...] = (),
+        cwd: Path | None = None,
     ) -> None:
         self.root = root
         self.home = root / "home"
@@ -44,6 +45,7 @@ class LocalRayCluster:
         self.autoscaling_config = autoscaling_config
         self.extra_env = env or {}
         self.head_args = head_args
+        self.cwd = cwd  # the working directory of its processes, jobs' drivers included
         # Every port explicit: Ray's defaults (6379, 8265, 52365, ...) may be taken by Redis or by
         # other clusters on this machine.
         ports: list[int] = []
@@ -125,7 +127,12 @@ class LocalRayCluster:
             cmd.append(f"--autoscaling-config={config_path}")
         log = (self.root / "ray-start.log").open("wb")
         self.process = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            env=env,
+            cwd=self.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             wait_for(self._dashboard_up, 90, "the Ray dashboard to answer")

@@ -1,8 +1,8 @@
 """The RayCluster's policies on a real local Ray cluster with token auth on:
 
-- GPU autoscaling: Ray's autoscaler (v2, as on KubeRay) with fake nodes sized and bounded like
-  the worker groups of cluster/kuberay/raycluster/raycluster.yaml scales the GPU group from its
-  minimum to its maximum under GPU tasks and back after its idle timeout.
+- GPU autoscaling: on the simulated RayCluster (tests/cluster/autoscaling.py), Ray's autoscaler
+  scales the GPU group from its minimum to its maximum under GPU tasks and back after its idle
+  timeout.
 - Security: on the suite's local cluster (tests/conftest.py `ray_cluster`, token auth on), the
   job API, the dashboard API and `ray job submit` refuse callers without the cluster's token and
   accept the ones with it.
@@ -10,18 +10,23 @@
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
 
-from tests.cluster.clusterlib import KUBERAY, load_yaml, worker_group
+from tests.cluster.autoscaling import (
+    IDLE_TIMEOUT_S,
+    RAYCLUSTER,
+    alive_workers,
+    simulated_raycluster,
+)
+from tests.cluster.clusterlib import worker_group
 from tests.cluster.local_ray import RAY, LocalRayCluster
 from tests.support import wait_for
 
@@ -30,94 +35,12 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-RAYCLUSTER = load_yaml(KUBERAY / "raycluster" / "raycluster.yaml")
 GPU_GROUP = worker_group(RAYCLUSTER["spec"], "gpu")
-IDLE_TIMEOUT_S = RAYCLUSTER["spec"]["autoscalerOptions"]["idleTimeoutSeconds"]
-# The simulation runs the production idle timeout in seconds instead of minutes (180 s -> 3 s),
-# so that the scale-down is observed within a test; everything else is the YAML's.
-TIME_SCALE = 60
-FAKE_HEAD_NODE_ID = "f" * 51 + "00000"  # the fake provider's fixed head id
-FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
-
-
-def _node_type(group: dict[str, Any]) -> dict[str, Any]:
-    """A worker group as an autoscaler node type: its pods' resources and its bounds."""
-    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
-    cpu = str(limits["cpu"])
-    resources: dict[str, Any] = {
-        # KubeRay advertises the CPU limit rounded up, and nvidia.com/gpu as GPU.
-        "CPU": math.ceil(int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)),
-        "object_store_memory": 100 * 1024**2,  # small: every fake node shares this machine
-    }
-    if "nvidia.com/gpu" in limits:
-        resources["GPU"] = int(limits["nvidia.com/gpu"])
-    return {
-        "resources": resources,
-        "node_config": {},
-        "min_workers": group["minReplicas"],
-        "max_workers": group["maxReplicas"],
-    }
-
-
-def _autoscaling_config(gcs_address: str) -> dict[str, Any]:
-    spec = RAYCLUSTER["spec"]
-    head_cpus = int(spec["headGroupSpec"]["rayStartParams"].get("num-cpus", 1))
-    node_types = {group["groupName"]: _node_type(group) for group in spec["workerGroupSpecs"]}
-    node_types["ray.head.default"] = {
-        "resources": {"CPU": head_cpus},
-        "node_config": {},
-        "max_workers": 0,
-    }
-    return {
-        "cluster_name": "rayvision-simulated",
-        "max_workers": sum(group["maxReplicas"] for group in spec["workerGroupSpecs"]),
-        # Ray's fake multi-node provider (the one AutoscalingCluster uses), loaded as an external
-        # provider: the 2.60 wheel lacks the defaults file that its "fake_multinode" type reads.
-        "provider": {
-            "type": "external",
-            "module": FAKE_PROVIDER,
-            "use_node_id_as_ip": True,
-            "disable_node_updaters": True,
-            "disable_launch_config_check": True,
-            "launch_multiple": True,
-            "head_node_id": FAKE_HEAD_NODE_ID,
-            "gcs_address": gcs_address,
-        },
-        "available_node_types": node_types,
-        "head_node_type": "ray.head.default",
-        "upscaling_speed": 1.0,
-        "idle_timeout_minutes": IDLE_TIMEOUT_S / 60 / TIME_SCALE,
-        "auth": {},
-        "docker": {},
-        "file_mounts": {},
-        "cluster_synced_files": [],
-        "initialization_commands": [],
-        "setup_commands": [],
-        "head_setup_commands": [],
-        "worker_setup_commands": [],
-        "head_start_ray_commands": [],
-        "worker_start_ray_commands": [],
-    }
 
 
 @pytest.fixture
 def autoscaling_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCluster]:
-    head_cpus = RAYCLUSTER["spec"]["headGroupSpec"]["rayStartParams"].get("num-cpus", "1")
-    ray_cluster = LocalRayCluster(
-        tmp_path_factory.mktemp("ray"),
-        head_cpus=int(head_cpus),
-        head_args=("--object-store-memory=100000000",),
-        env={
-            "RAY_FAKE_CLUSTER": "1",
-            "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-            # Autoscaler v2, as KubeRay runs it for autoscalerOptions.version v2.
-            "RAY_enable_autoscaler_v2": "1",
-            "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,
-            "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID,
-        },
-    )
-    ray_cluster.autoscaling_config = _autoscaling_config(ray_cluster.gcs_address)
-    ray_cluster.start()
+    ray_cluster = simulated_raycluster(tmp_path_factory.mktemp("ray"))
     try:
         yield ray_cluster
     finally:
@@ -125,14 +48,7 @@ def autoscaling_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
 
 
 def _gpu_nodes(cluster: LocalRayCluster) -> int:
-    answer = requests.get(
-        f"{cluster.dashboard_url}/api/v0/nodes?limit=100",
-        headers={"Authorization": f"Bearer {cluster.token}"},
-        timeout=10,
-    )
-    answer.raise_for_status()
-    nodes = answer.json()["data"]["result"]["result"]
-    return sum(1 for n in nodes if n["state"] == "ALIVE" and n["resources_total"].get("GPU"))
+    return len(alive_workers(cluster, "GPU"))
 
 
 DRIVER = """

@@ -1,0 +1,349 @@
+"""The platform's Ray jobs on the simulated RayCluster (tests/cluster/autoscaling.py): a head with
+0 CPUs, worker groups from 0, checkpoints on an S3 endpoint, a real MLflow server.
+
+- The RayJobs generated from cluster/kuberay/pipelines.yaml (tune, train, evaluate-promote) are
+  submitted as KubeRay's submitter pod submits them: their own entrypoint and runtime env, with
+  $RAYVISION_* from the pod's environment. Workers scale up from zero for them and back to zero
+  after; the sweep sizes itself on a cluster with no worker at all.
+- A worker node lost mid-training (its raylet killed, as a spot reclaim without notice does):
+  the run continues from its last checkpoint on a new node, as one MLflow run, every epoch logged
+  once.
+
+What the simulation changes in the entrypoints, and why: digits instead of CIFAR-10 (nothing can
+be downloaded here), a few epochs and trials (2 cores), and no --use-gpu (the fake GPU nodes
+advertise a GPU but have no CUDA device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import requests
+import yaml
+from mlflow import MlflowClient
+from moto.server import ThreadedMotoServer
+
+from tests.cluster.autoscaling import alive_workers, head_cpus, simulated_raycluster
+from tests.cluster.clusterlib import KUBERAY, REPO, render_manifest
+from tests.cluster.local_ray import RAY, LocalRayCluster
+from tests.conftest import MlflowServer
+from tests.support import JobsApi, free_port, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
+
+BUCKET = "rayvision-checkpoints"
+STORAGE_PREFIX = "rayvision"
+# Every job's flags as pipelines.yaml has them, but for these.
+SIMULATION = {"--dataset": "digits", "--batch-size": "64", "--num-samples": "2"}
+AT_REST_TIMEOUT_S = 180
+NOTICE_S = 10  # a spot interruption notice (AWS gives 120 s)
+
+
+@dataclass
+class SimulatedCluster:
+    ray: LocalRayCluster
+    s3: Any  # a boto3 S3 client on the endpoint
+    mlflow: MlflowClient
+    submitter_env: dict[str, str]
+
+    @property
+    def jobs(self) -> JobsApi:
+        return JobsApi(self.ray.dashboard_url, self.ray.token)
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def simulated(
+    s3_endpoint: str, mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SimulatedCluster]:
+    aws = {
+        # The pods' IAM role on EKS; static keys for the test endpoint here.
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "simulated",
+        "AWS_SECRET_ACCESS_KEY": "simulated",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
+        region_name=aws["AWS_DEFAULT_REGION"],
+    )
+    s3.create_bucket(Bucket=BUCKET)
+    # The ConfigMap rayvision-config, which every pod (submitter included) gets via envFrom.
+    config_map = {
+        "MLFLOW_TRACKING_URI": mlflow_server.uri,
+        "RAYVISION_STORAGE_PATH": f"s3://{BUCKET}/{STORAGE_PREFIX}",
+        "RAYVISION_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+    }
+    bin_dir = Path(sys.executable).parent
+    cluster = simulated_raycluster(
+        tmp_path_factory.mktemp("ray"),
+        workdir=REPO,
+        env={
+            **config_map,
+            **aws,
+            # The image's code and Python: this checkout and this environment.
+            "PYTHONPATH": str(REPO),
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "RAY_DEDUP_LOGS": "0",
+        },
+    )
+    try:
+        yield SimulatedCluster(
+            cluster, s3, MlflowClient(mlflow_server.uri), {**cluster.client_env(), **config_map}
+        )
+    finally:
+        cluster.stop()
+
+
+def _rayjob(name: str) -> dict[str, Any]:
+    (job,) = render_manifest(KUBERAY / f"rayjob-{name}.yaml")
+    spec: dict[str, Any] = job["spec"]
+    return spec
+
+
+def _for_simulation(
+    entrypoint: str,
+    flags: dict[str, str],
+    add: dict[str, str] | None = None,
+    drop: tuple[str, ...] = ("--use-gpu",),
+) -> str:
+    """The entrypoint with the values of its ``flags`` replaced, ``add`` added and ``drop``
+    removed; $VARS are left for the submitter's shell, as in the RayJob."""
+    words = entrypoint.split()
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        takes_value = i + 1 < len(words) and not words[i + 1].startswith("--")
+        if word in drop:
+            i += 2 if takes_value else 1
+            continue
+        out.append("digits" if word == "cifar10" else word)
+        if word in flags and takes_value:
+            out.append(flags[word])
+            i += 2
+            continue
+        i += 1
+    return " ".join(out + [f"{flag} {value}" for flag, value in (add or {}).items()])
+
+
+def _submit(cluster: SimulatedCluster, name: str, entrypoint: str) -> str:
+    """`ray job submit` as the RayJob's submitter pod runs it; returns the submission id."""
+    spec = _rayjob(name)
+    env_vars = yaml.safe_load((REPO / "runtime_env.yaml").read_text())["env_vars"]
+    runtime_env = {"env_vars": {**env_vars, **yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]}}
+    # As on KubeRay the code is in the image (here: the nodes' working directory, this
+    # checkout), not shipped with the job.
+    submission_id = f"{name}-{secrets.token_hex(3)}"
+    command = (
+        f"{RAY} job submit --no-wait --address {cluster.ray.dashboard_url} "
+        f"--runtime-env-json {shlex.quote(json.dumps(runtime_env))} "
+        f"--submission-id {submission_id} -- {entrypoint}"
+    )
+    subprocess.run(
+        ["bash", "-c", command],
+        cwd=REPO,
+        env=cluster.submitter_env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return submission_id
+
+
+def _finish(cluster: SimulatedCluster, submission_id: str, timeout: float) -> list[int]:
+    """Wait for the job to succeed; returns the live worker counts seen while it ran."""
+    seen: list[int] = []
+
+    def finished() -> dict[str, Any] | None:
+        seen.append(len(alive_workers(cluster.ray)))
+        info = cluster.jobs.info(submission_id)
+        return info if info["status"] in ("SUCCEEDED", "FAILED", "STOPPED") else None
+
+    info = wait_for(finished, timeout, f"job {submission_id}", interval=1)
+    logs = cluster.jobs.logs(submission_id)
+    assert info["status"] == "SUCCEEDED", f"{info.get('message')}\n{logs[-4000:]}"
+    return seen
+
+
+def _at_rest(cluster: SimulatedCluster) -> None:
+    wait_for(
+        lambda: not alive_workers(cluster.ray), AT_REST_TIMEOUT_S, "workers back to 0", interval=1
+    )
+
+
+def _runs(cluster: SimulatedCluster, experiment: str) -> list[Any]:
+    found = cluster.mlflow.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment}"
+    return list(cluster.mlflow.search_runs([found.experiment_id]))
+
+
+def _flag(entrypoint: str, flag: str) -> str:
+    words = entrypoint.split()
+    return words[words.index(flag) + 1]
+
+
+def test_pipelines_run_on_a_cluster_at_rest_and_leave_it_at_rest(
+    simulated: SimulatedCluster,
+) -> None:
+    cluster = simulated
+    assert not alive_workers(cluster.ray), "the cluster must start at rest"
+    assert head_cpus() == 0, "raycluster.yaml's head takes no tasks"
+
+    # The weekly sweep first: it must size itself on a cluster with no worker at all.
+    tune = _for_simulation(_rayjob("tune")["entrypoint"], {**SIMULATION, "--epochs": "2"})
+    seen = _finish(cluster, _submit(cluster, "tune", tune), 900)
+    assert max(seen) >= 1, f"no worker node was started for the sweep: {seen}"
+    sweep_runs = _runs(cluster, _flag(tune, "--experiment"))
+    parents = [r for r in sweep_runs if r.data.tags.get("sweep_parent") == "true"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(sweep_runs) == 1 + int(SIMULATION["--num-samples"])
+    sweep = parents[0].info.run_name
+    assert cluster.keys(f"{STORAGE_PREFIX}/tune/{sweep}/tuner.pkl"), "sweep state not on S3"
+
+    # The nightly training: it registers the challenger that evaluate-promote promotes.
+    train = _for_simulation(
+        _rayjob("train")["entrypoint"], {**SIMULATION, "--epochs": "6", "--num-workers": "2"}
+    )
+    seen = _finish(cluster, _submit(cluster, "train", train), 900)
+    assert max(seen) >= 1, f"no worker node was started for training: {seen}"
+    (train_run,) = _runs(cluster, _flag(train, "--experiment"))
+    run_name = train_run.data.tags["ray_run_name"]
+    checkpoints = cluster.keys(f"{STORAGE_PREFIX}/train/{run_name}/checkpoint_")
+    assert checkpoints, "the training's checkpoints are not on S3"
+    challenger = cluster.mlflow.get_model_version_by_alias("cifar10-classifier", "challenger")
+    assert challenger.run_id == train_run.info.run_id
+
+    evaluate = _for_simulation(_rayjob("evaluate-promote")["entrypoint"], {})
+    assert evaluate.endswith("cifar10-classifier digits")
+    _finish(cluster, _submit(cluster, "evaluate-promote", evaluate), 600)
+    champion = cluster.mlflow.get_model_version_by_alias("cifar10-classifier", "champion")
+    assert champion.version == challenger.version
+
+    _at_rest(cluster)
+
+
+def _train_workers(cluster: SimulatedCluster) -> list[dict[str, Any]]:
+    answer = requests.get(
+        f"{cluster.ray.dashboard_url}/api/v0/actors?limit=1000&detail=true",
+        headers={"Authorization": f"Bearer {cluster.ray.token}"},
+        timeout=10,
+    )
+    answer.raise_for_status()
+    actors: list[dict[str, Any]] = answer.json()["data"]["result"]["result"]
+    return [a for a in actors if a["class_name"] == "RayTrainWorker" and a["state"] == "ALIVE"]
+
+
+def _raylet_of(pid: int) -> int:
+    """A worker process's parent: the raylet of its node."""
+    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert b"raylet" in Path(f"/proc/{parent}/cmdline").read_bytes(), "parent is not a raylet"
+    return parent
+
+
+@pytest.mark.parametrize(
+    ("notice", "charged_to"),
+    [
+        # A node gone without notice: counted against --max-failures.
+        (False, "worker group"),
+        # A spot reclaim that Ray heard of first (the node drained for preemption, as autoscaler
+        # v2 or a termination handler does): counted against --max-preemption-failures.
+        (True, "preemption"),
+    ],
+)
+def test_a_node_lost_mid_training_costs_one_restart_not_the_run(
+    simulated: SimulatedCluster, notice: bool, charged_to: str
+) -> None:
+    cluster = simulated
+    epochs = 5
+    run_name = f"node-loss-{secrets.token_hex(3)}"
+    entrypoint = _for_simulation(
+        _rayjob("train")["entrypoint"],
+        {**SIMULATION, "--epochs": str(epochs), "--num-workers": "2"},
+        add={"--experiment": run_name, "--run-name": run_name},
+        drop=("--use-gpu", "--register-as", "--alias", "--experiment"),
+    )
+    submission_id = _submit(cluster, "train", entrypoint)
+    checkpoints = f"{STORAGE_PREFIX}/train/{run_name}/checkpoint_"
+    wait_for(lambda: cluster.keys(checkpoints), 600, "the first checkpoint on S3", interval=0.2)
+    (worker, *_) = _train_workers(cluster)
+    lost_node = worker["node_id"]
+    raylet = _raylet_of(worker["pid"])
+    if notice:
+        # The notice, then the reclaim at its deadline (Ray counts a node as preempted only when
+        # it dies after the deadline it was given).
+        deadline = _drain_for_preemption(cluster, lost_node, NOTICE_S)
+        wait_for(lambda: time.time() > deadline, NOTICE_S + 5, "the end of the spot notice")
+    with contextlib.suppress(ProcessLookupError):  # a drained node Ray already emptied and ended
+        os.kill(raylet, signal.SIGKILL)
+
+    _finish(cluster, submission_id, 900)
+    logs = cluster.jobs.logs(submission_id)
+    assert "resumed from checkpoint after epoch" in logs, "the run started over"
+    decisions = [line for line in logs.splitlines() if "Source:" in line or "reempt" in line]
+    assert f"Source: {charged_to}" in logs, f"charged to the wrong budget: {decisions}"
+    (run,) = _runs(cluster, run_name)
+    assert run.info.status == "FINISHED"
+    history = cluster.mlflow.get_metric_history(run.info.run_id, "epoch")
+    assert sorted(m.value for m in history) == [float(e) for e in range(1, epochs + 1)], (
+        "every epoch logged exactly once"
+    )
+    assert lost_node not in {n["node_id"] for n in alive_workers(cluster.ray)}
+    _at_rest(cluster)
+
+
+def _drain_for_preemption(cluster: SimulatedCluster, node_id: str, notice_s: int) -> float:
+    """The notice of a spot reclaim, given to Ray as autoscaler v2 gives it; returns a time
+    (epoch seconds) at or after its deadline."""
+    subprocess.run(
+        [
+            RAY,
+            "drain-node",
+            "--address",
+            cluster.ray.gcs_address,
+            "--node-id",
+            node_id,
+            "--reason",
+            "DRAIN_NODE_REASON_PREEMPTION",
+            "--reason-message",
+            "spot instance reclaimed",
+            "--deadline-remaining-seconds",
+            str(notice_s),
+        ],
+        env=cluster.ray.client_env(),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return time.time() + notice_s
