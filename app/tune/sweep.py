@@ -2,8 +2,9 @@
 
 Ray 2.60 pattern (Train V2): each Tune trial is a function that builds and fits a
 ``TorchTrainer`` (``app.train.driver.fit``) with ``TuneReportCallback``, so every epoch's
-metrics reach the scheduler (ASHA stops weak trials at its rungs). The trial function itself
-holds a small CPU fraction; its Train workers hold the rest.
+metrics reach the scheduler (ASHA stops weak trials at its rungs, which a resumed sweep keeps:
+``app.tune.rungs``). The trial function itself holds a small CPU fraction; its Train workers
+hold the rest.
 
 MLflow: the sweep driver opens one parent run; each trial's ``fit`` opens exactly one child
 run under it (named after the trial, so a resumed trial finds and continues its own run); a
@@ -20,7 +21,7 @@ from typing import Any
 from app import tracking
 from app.config import ConfigError
 from app.datasets import ImageSplits, load_splits
-from app.ray_runtime import ensure_ray
+from app.ray_runtime import ensure_ray, host_train_coordinator_here
 from app.train.config import TrainConfig
 from app.tune.config import TuneConfig, validate_before_start
 from app.tune.plan import (
@@ -43,15 +44,18 @@ def _trial_function(
     sweep: str,
     parent_run_id: str,
     splits: ImageSplits,
+    metric: str,
 ) -> None:
     """One trial: a TorchTrainer fit whose epochs report to Tune, logged as a child run."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from app.train.driver import fit
+    from app.tune.rungs import replay_recorded_epochs
 
     trial_id = tune.get_context().get_trial_id()
     cfg = TrainConfig.model_validate({**base, **trial_params, "run_name": f"{sweep}-{trial_id}"})
+    replay_recorded_epochs(cfg, metric)  # a resumed trial: the scheduler sees its epochs again
     fit(
         cfg,
         splits,
@@ -66,6 +70,8 @@ def _mlflow_closer(experiment: str, parent_run_id: str) -> Any:
     """A Tune callback (driver side) that gives every trial's run its final status: a trial
     Tune stopped early never reaches the end of ``fit``, so its run is closed here."""
     from ray.tune import Callback
+
+    from app.tune.rungs import TIME_ATTR
 
     class MlflowTrialCloser(Callback):
         def _close(self, trial: Any, error: bool) -> None:
@@ -82,10 +88,11 @@ def _mlflow_closer(experiment: str, parent_run_id: str) -> Any:
                 # final report. Otherwise the scheduler stopped it early (or it failed).
                 completed = "test_accuracy" in run.data.metrics
                 status = "FAILED" if error else "FINISHED" if completed else "KILLED"
-                tracking.set_tags(
-                    run.info.run_id,
-                    {"trial_status": status, "early_stopped": str(status == "KILLED")},
-                )
+                tags = {"trial_status": status, "early_stopped": str(status == "KILLED")}
+                if status == "KILLED" and TIME_ATTR in trial.last_result:
+                    # Where the scheduler stopped it: its workers may log one more epoch.
+                    tags["stopped_at_epoch"] = str(int(trial.last_result[TIME_ATTR]))
+                tracking.set_tags(run.info.run_id, tags)
                 tracking.client().set_terminated(run.info.run_id, status=status)
 
         def on_trial_complete(
@@ -204,29 +211,30 @@ def _search_alg(cfg: TuneConfig, plan: TrialPlan, warm_start: list[dict[str, Any
     )
 
 
-def _scheduler(cfg: TuneConfig) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def _scheduler(cfg: TuneConfig) -> tuple[Any, list[Any]]:
+    """The trial scheduler and the callbacks that keep its state in Tune's snapshots."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from app.tune.rungs import RungKeeper, asha
 
     if cfg.scheduler != "asha":
-        return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=cfg.epochs,
-        grace_period=min(cfg.grace_period, cfg.epochs),
-        reduction_factor=cfg.reduction_factor,
-    )
+        return FIFOScheduler(), []
+    scheduler = asha(cfg.epochs, cfg.grace_period, cfg.reduction_factor)
+    return scheduler, [RungKeeper(scheduler)]
 
 
 def _tuner(
     cfg: TuneConfig,
     trainable: Any,
     run_config: Any,
+    scheduler: Any,
     space: SearchSpace,
     plan: TrialPlan,
     warm_start: list[dict[str, Any]],
     resume: bool,
 ) -> Any:
-    """A new Tuner, or on a resume the one restored from the sweep's storage."""
+    """A new Tuner, or on a resume the one restored from the sweep's storage (with the
+    scheduler and callbacks it started with)."""
     from ray import tune
 
     path = f"{run_config.storage_path}/{run_config.name}"
@@ -249,7 +257,7 @@ def _tuner(
             mode=cfg.mode,
             num_samples=cfg.num_samples,
             search_alg=_search_alg(cfg, plan, warm_start),
-            scheduler=_scheduler(cfg),
+            scheduler=scheduler,
             max_concurrent_trials=plan.max_concurrent,
         ),
         run_config=run_config,
@@ -257,7 +265,15 @@ def _tuner(
 
 
 def run_sweep(cfg: TuneConfig) -> dict[str, Any]:
-    """Run (or resume) a sweep; tag the best trial, register its model; return the summary."""
+    """Run (or resume) a sweep; tag the best trial, register its model; return the summary.
+
+    The driver's tracking calls (the parent run, closing trials' runs, the summary) outlast an
+    outage of the server, as each trial's do (``tracking.outlasting_outages``)."""
+    with tracking.outlasting_outages():
+        return _run_sweep(cfg)
+
+
+def _run_sweep(cfg: TuneConfig) -> dict[str, Any]:
     from ray import tune
 
     started = time.perf_counter()
@@ -266,6 +282,7 @@ def run_sweep(cfg: TuneConfig) -> dict[str, Any]:
     tracking.configure()
     splits = load_splits(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed)
     ensure_ray()
+    host_train_coordinator_here()
     capacity = cluster_capacity(node_types)
     plan = plan_trials(cfg, capacity)
     storage, storage_uri = _storage(cfg)
@@ -284,17 +301,23 @@ def run_sweep(cfg: TuneConfig) -> dict[str, Any]:
     )
     trainable = tune.with_resources(
         tune.with_parameters(
-            _trial_function, base=base, sweep=sweep, parent_run_id=parent_run_id, splits=splits
+            _trial_function,
+            base=base,
+            sweep=sweep,
+            parent_run_id=parent_run_id,
+            splits=splits,
+            metric=cfg.metric,
         ),
         {"CPU": TRIAL_DRIVER_CPU},
     )
+    scheduler, scheduler_callbacks = _scheduler(cfg)
     run_config = tune.RunConfig(
         name=sweep,
         storage_path=storage_uri,
-        callbacks=[_mlflow_closer(cfg.experiment, parent_run_id)],
+        callbacks=[_mlflow_closer(cfg.experiment, parent_run_id), *scheduler_callbacks],
         failure_config=tune.FailureConfig(max_failures=0),
     )
-    _tuner(cfg, trainable, run_config, space, plan, warm_start, resume).fit()
+    _tuner(cfg, trainable, run_config, scheduler, space, plan, warm_start, resume).fit()
     summary = summarise(cfg, sweep, parent_run_id, space)
     summary["wall_seconds"] = time.perf_counter() - started
     tracking.client().set_terminated(parent_run_id, status="FINISHED")
