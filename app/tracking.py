@@ -242,8 +242,12 @@ class MetricBuffer:
         run_id: str,
         mlflow_client: MlflowClient | None = None,
         max_pending: int = MAX_PENDING_METRICS,
+        sent_through_step: int = -1,
     ) -> None:
         self.run_id = run_id
+        # Steps an earlier attempt of the run already sent (``last_logged_step``): a worker lost
+        # after its epoch's flush but before its checkpoint counted repeats that epoch.
+        self.sent_through_step = sent_through_step
         # Not a patient client: a flush that fails must return at once, training goes on.
         self.client = mlflow_client or client(patient=False)
         self.pending: list[Metric] = []
@@ -251,7 +255,11 @@ class MetricBuffer:
         self.dropped = 0
         self.failed_sends = 0
 
-    def log(self, metrics: Mapping[str, float], step: int) -> None:
+    def log(self, metrics: Mapping[str, float], step: int, *, repeat: bool = False) -> None:
+        """Queue ``metrics`` at ``step``; a step an earlier attempt sent is skipped, unless
+        ``repeat`` (a run's final scores, which no finished attempt left behind)."""
+        if step <= self.sent_through_step and not repeat:
+            return  # logged once already, by the attempt that first trained this step
         now = int(time.time() * 1000)
         self.pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
         if len(self.pending) >= MAX_METRICS_PER_BATCH and not self.failed_sends:
@@ -302,6 +310,18 @@ class MetricBuffer:
                 f"MLflow unreachable: dropped the {excess} oldest metrics ({self.dropped} in all)",
                 flush=True,
             )
+
+
+def last_logged_step(run_id: str, key: str) -> int:
+    """The highest step of ``key`` in the run, -1 for none, or when the server does not answer
+    (then at worst an epoch is logged twice; training does not wait for it)."""
+    try:
+        history = client(patient=False).get_metric_history(run_id, key)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        return -1
+    return max((m.step for m in history), default=-1)
 
 
 def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:

@@ -59,7 +59,11 @@ def _worker_entry(loop_config: dict[str, Any]) -> None:
     ctx = RayWorkerContext()
     run_id = loop_config["run_id"]
     if ctx.rank == 0:
-        sink = tracking.MetricBuffer(run_id)
+        # A restarted worker group repeats the epoch its predecessor may have logged but not
+        # checkpointed: what the run holds already is not logged again.
+        sink = tracking.MetricBuffer(
+            run_id, sent_through_step=tracking.last_logged_step(run_id, "epoch")
+        )
         final = functools.partial(evaluate_and_log_model, cfg, splits, run_id, sink)
         train_worker(cfg, splits, ctx, sink, final_step=final)
     else:
@@ -82,7 +86,7 @@ def evaluate_and_log_model(
     model = model.to("cpu")  # scored, plotted and saved on CPU: any server can load it
     report, probabilities = evaluate_model(model, splits.x_test, splits.y_test, splits.info)
     test_metrics = {"test_accuracy": report.accuracy, "test_macro_f1": report.macro_f1}
-    sink.log(test_metrics, step=global_step)
+    sink.log(test_metrics, step=global_step, repeat=True)
     sink.drain()
     tracking.retrying(
         lambda: log_evaluation(

@@ -315,7 +315,9 @@ def _run_sweep(cfg: TuneConfig) -> dict[str, Any]:
         name=sweep,
         storage_path=storage_uri,
         callbacks=[_mlflow_closer(cfg.experiment, parent_run_id), *scheduler_callbacks],
-        failure_config=tune.FailureConfig(max_failures=0),
+        # A trial whose node is lost (its function and Train controller run there) starts again
+        # and its fit() resumes the Train run from its last checkpoint.
+        failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
     )
     _tuner(cfg, trainable, run_config, scheduler, space, plan, warm_start, resume).fit()
     summary = summarise(cfg, sweep, parent_run_id, space)

@@ -120,17 +120,22 @@ def simulated_raycluster(
     return cluster
 
 
-def alive_workers(cluster: LocalRayCluster, resource: str = "CPU") -> list[dict[str, Any]]:
-    """The live worker nodes (not the head) that offer ``resource``, as the state API has them."""
+def state(cluster: LocalRayCluster, kind: str) -> list[dict[str, Any]]:
+    """Ray's state API: the cluster's ``kind`` (nodes, actors, ...), in detail."""
     answer = requests.get(
-        f"{cluster.dashboard_url}/api/v0/nodes?limit=100",
+        f"{cluster.dashboard_url}/api/v0/{kind}?limit=1000&detail=true",
         headers={"Authorization": f"Bearer {cluster.token}"},
         timeout=10,
     )
     answer.raise_for_status()
-    nodes: list[dict[str, Any]] = answer.json()["data"]["result"]["result"]
+    found: list[dict[str, Any]] = answer.json()["data"]["result"]["result"]
+    return found
+
+
+def alive_workers(cluster: LocalRayCluster, resource: str = "CPU") -> list[dict[str, Any]]:
+    """The live worker nodes (not the head) that offer ``resource``."""
     return [
         n
-        for n in nodes
+        for n in state(cluster, "nodes")
         if n["state"] == "ALIVE" and not n["is_head_node"] and n["resources_total"].get(resource)
     ]

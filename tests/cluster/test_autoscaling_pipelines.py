@@ -7,7 +7,7 @@
   after; the sweep sizes itself on a cluster with no worker at all.
 - A worker node lost mid-training (its raylet killed, as a spot reclaim without notice does):
   the run continues from its last checkpoint on a new node, as one MLflow run, every epoch logged
-  once.
+  once. So does a sweep's trial whose own node (its function and Train controller) is lost.
 
 What the simulation changes in the entrypoints, and why: digits instead of CIFAR-10 (nothing can
 be downloaded here), a few epochs and trials (2 cores), and no --use-gpu (the fake GPU nodes
@@ -32,12 +32,11 @@ from typing import Any
 
 import boto3
 import pytest
-import requests
 import yaml
 from mlflow import MlflowClient
 from moto.server import ThreadedMotoServer
 
-from tests.cluster.autoscaling import alive_workers, head_cpus, simulated_raycluster
+from tests.cluster.autoscaling import alive_workers, head_cpus, simulated_raycluster, state
 from tests.cluster.clusterlib import KUBERAY, REPO, render_manifest
 from tests.cluster.local_ray import RAY, LocalRayCluster
 from tests.conftest import MlflowServer
@@ -254,17 +253,6 @@ def test_pipelines_run_on_a_cluster_at_rest_and_leave_it_at_rest(
     _at_rest(cluster)
 
 
-def _train_workers(cluster: SimulatedCluster) -> list[dict[str, Any]]:
-    answer = requests.get(
-        f"{cluster.ray.dashboard_url}/api/v0/actors?limit=1000&detail=true",
-        headers={"Authorization": f"Bearer {cluster.ray.token}"},
-        timeout=10,
-    )
-    answer.raise_for_status()
-    actors: list[dict[str, Any]] = answer.json()["data"]["result"]["result"]
-    return [a for a in actors if a["class_name"] == "RayTrainWorker" and a["state"] == "ALIVE"]
-
-
 def _raylet_of(pid: int) -> int:
     """A worker process's parent: the raylet of its node."""
     parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -287,17 +275,11 @@ def test_a_node_lost_mid_training_costs_one_restart_not_the_run(
 ) -> None:
     cluster = simulated
     epochs = 5
-    run_name = f"node-loss-{secrets.token_hex(3)}"
-    entrypoint = _for_simulation(
-        _rayjob("train")["entrypoint"],
-        {**SIMULATION, "--epochs": str(epochs), "--num-workers": "2"},
-        add={"--experiment": run_name, "--run-name": run_name},
-        drop=("--use-gpu", "--register-as", "--alias", "--experiment"),
-    )
+    run_name, entrypoint = _own_run("train", {"--epochs": str(epochs), "--num-workers": "2"})
     submission_id = _submit(cluster, "train", entrypoint)
     checkpoints = f"{STORAGE_PREFIX}/train/{run_name}/checkpoint_"
     wait_for(lambda: cluster.keys(checkpoints), 600, "the first checkpoint on S3", interval=0.2)
-    (worker, *_) = _train_workers(cluster)
+    (worker, *_) = _actors(cluster, "RayTrainWorker")
     lost_node = worker["node_id"]
     raylet = _raylet_of(worker["pid"])
     if notice:
@@ -347,3 +329,46 @@ def _drain_for_preemption(cluster: SimulatedCluster, node_id: str, notice_s: int
         timeout=60,
     )
     return time.time() + notice_s
+
+
+def _actors(cluster: SimulatedCluster, class_name: str) -> list[dict[str, Any]]:
+    return [
+        a
+        for a in state(cluster.ray, "actors")
+        if a["class_name"] == class_name and a["state"] == "ALIVE"
+    ]
+
+
+def _own_run(job: str, flags: dict[str, str]) -> tuple[str, str]:
+    """A run of ``job`` of the test's own (its experiment and run name, returned first) with
+    ``flags`` over the simulation's, registering nothing; and its entrypoint."""
+    name = f"{job}-{secrets.token_hex(3)}"
+    entrypoint = _for_simulation(
+        _rayjob(job)["entrypoint"],
+        {**SIMULATION, **flags},
+        add={"--experiment": name, "--run-name": name},
+        drop=("--use-gpu", "--register-as", "--alias", "--experiment"),
+    )
+    return name, entrypoint
+
+
+def test_a_sweep_trial_survives_the_loss_of_its_node(simulated: SimulatedCluster) -> None:
+    cluster = simulated
+    epochs = 4
+    sweep, entrypoint = _own_run("tune", {"--epochs": str(epochs), "--num-samples": "1"})
+    submission_id = _submit(cluster, "tune", entrypoint)
+
+    def checkpointed() -> bool:
+        return any("/checkpoint_" in k for k in cluster.keys(f"{STORAGE_PREFIX}/tune/{sweep}-"))
+
+    wait_for(checkpointed, 600, "the trial's first checkpoint on S3", interval=0.2)
+    (trial, *_) = _actors(cluster, "ImplicitFunc")
+    os.kill(_raylet_of(trial["pid"]), signal.SIGKILL)
+
+    _finish(cluster, submission_id, 900)
+    assert "resumed from checkpoint after epoch" in cluster.jobs.logs(submission_id)
+    (child,) = [r for r in _runs(cluster, sweep) if "trial_id" in r.data.tags]
+    assert child.info.status == "FINISHED"
+    history = cluster.mlflow.get_metric_history(child.info.run_id, "epoch")
+    assert sorted(m.value for m in history) == [float(e) for e in range(1, epochs + 1)]
+    _at_rest(cluster)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 import requests
 from mlflow.exceptions import MlflowException
@@ -63,3 +65,24 @@ def test_clients_are_patient_only_inside_outlasting_outages(
         # A metric buffer must never wait: its flush reports failure and training goes on.
         assert type(tracking.MetricBuffer("run").client).__name__ == "MlflowClient"
     assert type(tracking.client()).__name__ == "MlflowClient"
+
+
+class _Recorder:
+    """Takes log_batch calls as a tracking server would."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int]] = []
+
+    def log_batch(self, run_id: str, metrics: list[Any]) -> None:
+        self.sent.extend((m.key, m.step) for m in metrics)
+
+
+def test_a_restarted_attempt_does_not_log_again_what_the_run_holds() -> None:
+    recorder = _Recorder()
+    buffer = tracking.MetricBuffer("run", cast(Any, recorder), sent_through_step=20)
+    buffer.log({"batch_loss": 1.0}, step=15)  # retrained after the lost attempt sent it
+    buffer.log({"epoch": 2.0}, step=20)
+    buffer.log({"test_accuracy": 0.9}, step=20, repeat=True)  # final scores always go
+    buffer.log({"batch_loss": 0.5}, step=25)
+    assert buffer.flush()
+    assert recorder.sent == [("test_accuracy", 20), ("batch_loss", 25)]
