@@ -23,7 +23,8 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # Ray's CLI and SDK read ~/.ray/auth_token only in token mode (on by default for new clusters).
 export RAY_AUTH_MODE ?= token
 # Ray's high-throughput Serve mode for the clusters started here (serve/throughput.py): HAProxy
-# on port 8000 (stats on 8404, metrics on 9101) in place of Serve's Python proxy. 0 turns it off.
+# on port 8000 (stats on 8404, metrics on 9101, all on 127.0.0.1: serve/laptop_env.py) in place
+# of Serve's Python proxy. 0 turns it off.
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
 
@@ -131,10 +132,12 @@ mlflow-ui: $(STAMP) ## MLflow UI + tracking server on a local SQLite store (fore
 		--backend-store-uri sqlite:///mlflow.db --serve-artifacts --artifacts-destination mlartifacts
 
 .PHONY: ray-up
-ray-up: $(STAMP) ## start a local Ray head (dashboard on 127.0.0.1:8265) logging to MLFLOW_TRACKING_URI
+ray-up: $(STAMP) ## start a local Ray head (dashboard, Serve, HAProxy on 127.0.0.1) logging to MLFLOW_TRACKING_URI
 	@# A token-auth head needs ~/.ray/auth_token; --generate keeps an existing one (stdout: the token).
 	$(BIN)/ray get-auth-token --generate >/dev/null
-	MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI) $(BIN)/ray start --head --dashboard-host 127.0.0.1
+	@# HAProxy's files in a folder of this user's alone, stats and metrics on 127.0.0.1.
+	haproxy_env="$$($(PY) -m serve.laptop_env)" && eval "$$haproxy_env" && \
+		MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI) $(BIN)/ray start --head --dashboard-host 127.0.0.1
 
 .PHONY: ray-down
 ray-down: ## stop the local Ray cluster

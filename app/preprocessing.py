@@ -19,6 +19,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+# Images decode to grey (L) or RGB: the channels a model may take.
+SUPPORTED_CHANNELS = (1, 3)
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 # 4096 x 4096: a fifth of Pillow's warning threshold (~89.5 MP) and far above what a classifier
 # of small images needs; decoding it costs at most 48 MiB of RGB.
@@ -113,8 +115,8 @@ def to_model_input(
     Raises ``InputError``: 400 empty, 413 too many bytes or pixels, 415 not a supported format,
     422 truncated or corrupt."""
     limits = limits or Limits()
-    if channels not in (1, 3):
-        raise ValueError(f"models take 1 or 3 channels, not {channels}")
+    if channels not in SUPPORTED_CHANNELS:
+        raise ValueError(f"models take {SUPPORTED_CHANNELS} channels, not {channels}")
     if not data:
         raise InputError(400, "empty_input", "the request carries no image bytes")
     if len(data) > limits.max_bytes:

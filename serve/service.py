@@ -12,8 +12,9 @@ applies them as ``serve deploy`` does.
   call per batch: the hop between the deployments is paid per batch, not per image.
 - ``Classifier``: a ``ModelHolder`` with the model the settings point at, on the replica's
   device (CUDA with float16 batches when it has a GPU), one forward pass per batch. It follows
-  the alias every ``poll_interval_s``: a new version is loaded and self-tested beside the old
-  one, then swapped in, so no request fails during a promotion.
+  the alias every ``poll_interval_s``: a new version is loaded and validated (its spec, and a
+  dry-run prediction) beside the old one, then swapped in, so no request fails during a
+  promotion; a model that cannot serve is refused and the old one keeps serving.
 
 Routes: ``POST /predict``, ``POST /predict/batch``, ``GET /model``, ``GET /health``, ``/docs``.
 
@@ -155,20 +156,20 @@ class ClassifierAPI:
         limits = self._settings.limits
         return {"predictions": await self._images.classify(images, top_k, limits, batch=True)}
 
-    @api.get("/model", response_model=ModelInfo, responses=ERRORS, summary="The served model")
+    @api.get(
+        "/model",
+        response_model=ModelInfo,
+        responses=ERRORS,
+        summary="The served model: name, version, alias, status, input shape, classes",
+    )
     async def model(self) -> Any:
-        described = await self._classifier.describe.remote()
-        return {
-            **described,
-            "max_batch_size": self._settings.max_batch_size,
-            "batch_wait_timeout_s": self._settings.batch_wait_timeout_s,
-        }
+        return await self._classifier.describe.remote()
 
     @api.get(
         "/health",
         response_model=Health,
         responses=ERRORS,
-        summary="200 only when a model is loaded and predicts",
+        summary="200 only when a model is loaded and predicts (status ready or degraded)",
     )
     async def health(self) -> Any:
         return await health_response(self._classifier.health.remote())

@@ -1,7 +1,10 @@
-"""Every error the service answers is a JSON body ``{"error", "status", "detail"}``."""
+"""Every error the service answers is a JSON body ``{"error", "status", "detail"}``. A detail
+tells a client what to change in its request, or that it may retry; what went wrong inside
+(exception text, model URIs, deployment names) goes to the replica's log."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -11,6 +14,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from app.preprocessing import InputError
+
+logger = logging.getLogger("ray.serve")
 
 
 class UnavailableError(RuntimeError):
@@ -34,8 +39,9 @@ async def health_response(check: Awaitable[dict[str, Any]]) -> dict[str, Any] | 
     model that fails its self-test, a replica that is gone)."""
     try:
         return await check
-    except Exception as exc:  # whatever stops the check answering means unhealthy
-        return error_response(503, "unhealthy", f"{type(exc).__name__}: {exc}")
+    except Exception:  # whatever stops the check answering means unhealthy
+        logger.warning("health check failed", exc_info=True)
+        return error_response(503, "unhealthy", "no model is ready to answer")
 
 
 def install_error_handlers(
@@ -66,6 +72,10 @@ def install_error_handlers(
         return unavailable_response("too many requests queued")
 
     @api.exception_handler(DeploymentUnavailableError)
+    async def no_replica(request: Request, exc: DeploymentUnavailableError) -> JSONResponse:
+        logger.warning("no replica to answer: %s", exc)
+        return unavailable_response("no replica is available")
+
     @api.exception_handler(UnavailableError)
-    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+    async def unavailable(request: Request, exc: UnavailableError) -> JSONResponse:
         return unavailable_response(str(exc))

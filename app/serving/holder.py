@@ -1,9 +1,10 @@
 """The model a replica serves, and how it changes: plain asyncio, no Ray.
 
-A new version is loaded and self-tested beside the current one, then one assignment swaps
+A new version is loaded and validated beside the current one, then one assignment swaps
 them: batches already running keep their reference to the old model, which is released when the
-last of them finishes. A switch that fails keeps the current model and records the error; the
-poller tries again every ``poll_interval_s``.
+last of them finishes. A switch that fails keeps the current model and logs why (an error for a
+model refused at load, a warning for a registry that does not answer); clients see the status
+``degraded`` until a switch works. The poller tries again every ``poll_interval_s``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from app.serving.served_model import ServedModel, Shape
+from app.serving.served_model import ServedModel, Shape, UnservableModelError
 from app.serving.settings import ModelSettings
 from app.serving.source import resolve_source
 
@@ -34,15 +35,20 @@ class NoModelError(RuntimeError):
 
 
 class HolderObserver(Protocol):
-    """Told of every swap and every forward pass (Prometheus metrics in a replica)."""
+    """Told of every swap, failed switch and forward pass (Prometheus metrics in a replica)."""
 
     def swapped(self, old: ServedModel | None, new: ServedModel) -> None: ...
+
+    def failed(self, error: Exception) -> None: ...
 
     def batch(self, served: ServedModel, size: int, seconds: float) -> None: ...
 
 
 class Unobserved:
     def swapped(self, old: ServedModel | None, new: ServedModel) -> None:
+        pass
+
+    def failed(self, error: Exception) -> None:
         pass
 
     def batch(self, served: ServedModel, size: int, seconds: float) -> None:
@@ -53,6 +59,7 @@ class ModelHolder:
     def __init__(self, device: torch.device, observer: HolderObserver | None = None) -> None:
         self.device = device
         self.settings = ModelSettings()
+        # Why the last switch failed (for the log; clients only see "degraded").
         self.last_error: str | None = None
         # How many forward passes ran at each batch size since start (for benchmarks).
         self.batch_sizes: Counter[int] = Counter()
@@ -96,17 +103,20 @@ class ModelHolder:
             new = await asyncio.to_thread(ServedModel.load, source, self.device)
             self._served = new  # the swap
             self._observer.swapped(current, new)
-            logger.info("serving %s version %s", source.name, source.version)
+            logger.info("serving %s version %s: %s", source.name, source.version, new.internals())
 
     async def follow_or_keep(self, settings: ModelSettings) -> None:
-        """``follow``, but a failure (registry down, alias missing, a model that fails its
-        self-test) keeps the current model and is recorded in ``last_error``."""
+        """``follow``, but a failure (registry down, alias missing, a model refused at load)
+        keeps the current model and is recorded in ``last_error``."""
         try:
             await self.follow(settings)
             self.last_error = None
         except Exception as exc:  # registry down, alias missing, bad artifact: keep serving
             self.last_error = f"{type(exc).__name__}: {exc}"
-            logger.warning("keeping the current model: %s", self.last_error)
+            self._observer.failed(exc)
+            refused = isinstance(exc, UnservableModelError)
+            level = logging.ERROR if refused else logging.WARNING
+            logger.log(level, "keeping the current model: %s", self.last_error)
 
     async def _poll(self) -> None:
         while True:
@@ -149,14 +159,15 @@ class ModelHolder:
         """Raises unless a model is loaded and passes its self-test."""
         self.model().self_test()
 
+    def status(self) -> str:
+        """``ready``, or ``degraded`` while switching to what the settings name fails (an
+        older model, or one that cannot be checked against the registry, keeps serving)."""
+        return "ready" if self.last_error is None else "degraded"
+
     def health(self) -> dict[str, Any]:
         self.check_health()
-        return {"status": "ok", "model": self.model().ref}
+        return {"status": self.status(), "model": self.model().ref}
 
     def describe(self) -> dict[str, Any]:
-        """The served model, how often it is re-resolved, and the last failed switch."""
-        return {
-            **self.model().describe(),
-            "poll_interval_s": self.settings.poll_interval_s,
-            "last_error": self.last_error,
-        }
+        """The served model as clients see it (``ServedModel.describe``) and its status."""
+        return {**self.model().describe(), "status": self.status()}

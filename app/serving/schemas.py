@@ -3,7 +3,7 @@ bodies look in OpenAPI."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict
@@ -37,25 +37,24 @@ class BatchPrediction(BaseModel):
     predictions: list[Prediction]
 
 
+# ready: serving what the settings name; degraded: switching to it failed and an older model
+# (or one the registry cannot confirm) keeps answering. Why is in the replica's log.
+Status = Literal["ready", "degraded"]
+
+
 class ModelInfo(ModelIdentity):
-    run_id: str
-    model_uri: str
-    metrics: dict[str, float]
-    loaded_at: str
-    device: str
-    precision: str
-    architecture: str
+    """What a client needs to call the model. Where it is stored, its run, metrics and errors
+    are the operators': in the replica's log and metrics."""
+
+    status: Status
     dataset: str
     classes: list[str]
     input_shape: list[int]
-    poll_interval_s: float
-    max_batch_size: int
-    batch_wait_timeout_s: float
-    last_error: str | None
+    loaded_at: str
 
 
 class Health(BaseModel):
-    status: str
+    status: Status
     model: ModelIdentity
 
 

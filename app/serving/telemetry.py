@@ -26,8 +26,8 @@ def _version_tags(served: ServedModel) -> dict[str, str]:
 
 
 class ModelMetrics:
-    """The Classifier replica's: the version served, images classified, batch sizes, forward
-    pass times (a ``HolderObserver``)."""
+    """The Classifier replica's: the version served, failed switches, images classified, batch
+    sizes, forward pass times (a ``HolderObserver``)."""
 
     def __init__(self) -> None:
         tags = tag_keys("model_name", "model_version")
@@ -35,6 +35,11 @@ class ModelMetrics:
             "rayvision_model_served", "1 for the model version this replica serves", tags
         )
         self.predictions = Counter("rayvision_predictions", "images classified", tags)
+        self.failed_switches = Counter(
+            "rayvision_model_switch_failures",
+            "switches that failed and kept the current model, by exception type",
+            tag_keys("error"),
+        )
         self.batch_size = Histogram(
             "rayvision_batch_size", "images per forward pass", [1, 2, 4, 8, 16, 32, 64, 128]
         )
@@ -46,6 +51,9 @@ class ModelMetrics:
         if old is not None:
             self.served.set(0, _version_tags(old))
         self.served.set(1, _version_tags(new))
+
+    def failed(self, error: Exception) -> None:
+        self.failed_switches.inc(tags={"error": type(error).__name__})
 
     def batch(self, served: ServedModel, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

@@ -34,6 +34,9 @@ from serve.throughput import HIGH_THROUGHPUT_ENV  # noqa: E402
 SERVE_CONFIG = REPO / "serve" / "config.yaml"
 RAYCLUSTER = HERE / "raycluster" / "raycluster.yaml"
 GPU = "nvidia.com/gpu"
+# Pods are reached through Kubernetes Services, and HAProxy on one node forwards to ingress
+# replicas on others: Serve binds every interface there (serve/config.yaml's is a laptop's).
+CLUSTER_HTTP_HOST = "0.0.0.0"  # noqa: S104  # nosec B104
 NODE_TYPES_ENV = (
     "RAYVISION_AUTOSCALER_NODE_TYPES"  # read by app/tune/plan.py (no torch import here)
 )
@@ -68,10 +71,11 @@ def _header(sources: str, notes: list[str]) -> str:
 
 
 def load_serve_config(path: Path) -> tuple[dict[str, Any], list[str]]:
-    """The Serve config without local working_dirs, and a note for each one removed.
+    """The Serve config as a cluster runs it, and a note for each change.
 
     A Serve config deployed to a cluster accepts only remote URIs as working_dir; on KubeRay the
-    image carries the code, so a local path (`.` for `serve run` on a laptop) is dropped.
+    image carries the code, so a local path (`.` for `serve run` on a laptop) is dropped. Serve
+    binds ``CLUSTER_HTTP_HOST``, whatever host the file gives a laptop.
     """
     if not path.is_file():
         raise SystemExit(f"{path} not found: the RayService is generated from the Serve config")
@@ -86,6 +90,13 @@ def load_serve_config(path: Path) -> tuple[dict[str, Any], list[str]]:
                 f"Removed applications[{app.get('name')}].runtime_env.working_dir "
                 f"{working_dir!r}: on the cluster the image carries the code (/home/ray/app)."
             )
+    http_options = config.setdefault("http_options", {})
+    if http_options.get("host") != CLUSTER_HTTP_HOST:
+        notes.append(
+            f"http_options.host: {CLUSTER_HTTP_HOST} here, {http_options.get('host')!r} in the "
+            "source (a laptop's): Kubernetes Services and other nodes' HAProxy reach the pods."
+        )
+        http_options["host"] = CLUSTER_HTTP_HOST
     return config, notes
 
 

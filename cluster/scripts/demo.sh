@@ -47,6 +47,9 @@ step "Local Ray cluster (token auth on)"
 if ! curl -fs "$DASHBOARD/api/version" -o /dev/null 2>/dev/null &&
   ! ray status --address "127.0.0.1:${RAY_PORT}" >/dev/null 2>&1; then
   ray get-auth-token --generate >/dev/null # a token-auth head needs ~/.ray/auth_token
+  # HAProxy's files in a folder of this user's alone, its stats and metrics on 127.0.0.1.
+  haproxy_env="$("$PY" -m serve.laptop_env)"
+  eval "$haproxy_env"
   ray start --head --port "$RAY_PORT" --dashboard-host 127.0.0.1 \
     --dashboard-port "$DASHBOARD_PORT" --disable-usage-stats
   touch "$RUN_DIR/ray.started"

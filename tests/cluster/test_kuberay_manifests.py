@@ -94,12 +94,14 @@ def test_generated_manifests_are_up_to_date() -> None:
 
 
 def _expected_serve_config(path: Path) -> dict[str, Any]:
-    """serve/config.yaml as the cluster must get it: without local working_dirs."""
+    """serve/config.yaml as the cluster must get it: without local working_dirs, on every
+    interface."""
     config = yaml.safe_load(path.read_text())
     for app in config["applications"]:
         working_dir = (app.get("runtime_env") or {}).get("working_dir")
         if working_dir is not None and "://" not in str(working_dir):
             del app["runtime_env"]["working_dir"]
+    config.setdefault("http_options", {})["host"] = "0.0.0.0"
     return config
 
 
@@ -138,10 +140,20 @@ def test_generator_drops_local_working_dirs_only(tmp_path: Path) -> None:
     )
     text = (tmp_path / "rayservice.yaml").read_text()
     assert "# Removed applications[classifier].runtime_env.working_dir '.'" in text
+    assert "# http_options.host: 0.0.0.0 here, None in the source" in text
     served = yaml.safe_load(yaml.safe_load(text)["spec"]["serveConfigV2"])
     assert served == _expected_serve_config(config_path)
     assert served["applications"][0]["runtime_env"] == {"env_vars": {"A": "1"}}
     assert served["applications"][1]["runtime_env"]["working_dir"] == "s3://bucket/code.zip"
+
+
+def test_serve_binds_loopback_on_a_laptop_and_every_interface_on_the_cluster() -> None:
+    """Private by default; public is the cluster's explicit choice (its Services and the
+    HAProxy of other nodes must reach each pod's Serve port)."""
+    laptop = load_yaml(REPO / "serve" / "config.yaml")
+    assert laptop["http_options"]["host"] == "127.0.0.1"
+    (service,) = _docs("rayservice.yaml")
+    assert yaml.safe_load(service["spec"]["serveConfigV2"])["http_options"]["host"] == "0.0.0.0"
 
 
 def test_generator_fails_clearly_without_a_serve_config(tmp_path: Path) -> None:
