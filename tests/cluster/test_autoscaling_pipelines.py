@@ -197,9 +197,39 @@ def _finish(cluster: SimulatedCluster, submission_id: str, timeout: float) -> li
 
 
 def _at_rest(cluster: SimulatedCluster) -> None:
-    wait_for(
-        lambda: not alive_workers(cluster.ray), AT_REST_TIMEOUT_S, "workers back to 0", interval=1
+    try:
+        wait_for(
+            lambda: not alive_workers(cluster.ray),
+            AT_REST_TIMEOUT_S,
+            "workers back to 0",
+            interval=1,
+        )
+    except TimeoutError as timed_out:
+        raise AssertionError(f"{timed_out}; what holds them:\n{_holding(cluster)}") from None
+
+
+def _holding(cluster: SimulatedCluster) -> str:
+    """What keeps the live workers up: the actors on them, the placement groups not removed,
+    and the autoscaler's own view (`ray status`)."""
+    workers = {n["node_id"] for n in alive_workers(cluster.ray)}
+    actors = [
+        {k: a.get(k) for k in ("class_name", "name", "job_id", "node_id", "pid")}
+        for a in state(cluster.ray, "actors")
+        if a["state"] == "ALIVE" and a.get("node_id") in workers
+    ]
+    groups = [
+        {k: g.get(k) for k in ("placement_group_id", "name", "state", "creator_job_id")}
+        for g in state(cluster.ray, "placement_groups")
+        if g["state"] != "REMOVED"
+    ]
+    status = subprocess.run(
+        [RAY, "status", "--address", cluster.ray.gcs_address, "-v"],
+        env=cluster.ray.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+    return f"workers: {workers}\nactors: {actors}\nplacement groups: {groups}\n{status.stdout}"
 
 
 def _runs(cluster: SimulatedCluster, experiment: str) -> list[Any]:
