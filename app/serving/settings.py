@@ -8,7 +8,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.config import ALIAS_PATTERN, MODEL_NAME_PATTERN
-from app.preprocessing import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Limits
+from app.preprocessing import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_REQUEST_PIXELS,
+    Limits,
+)
 
 # Environment variables that override the Classifier's user_config (non-empty values only).
 ENV_OVERRIDES = {
@@ -51,6 +56,9 @@ class ApiSettings(BaseModel):
 
     max_image_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1024, le=256 * 1024 * 1024)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1, le=DEFAULT_MAX_PIXELS * 4)
+    max_request_pixels: int = Field(
+        default=DEFAULT_MAX_REQUEST_PIXELS, ge=1, le=DEFAULT_MAX_REQUEST_PIXELS * 4
+    )
     max_batch_images: int = Field(default=32, ge=1, le=1024)
     max_batch_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
     max_batch_size: int = Field(default=MAX_BATCH_SIZE, ge=1, le=1024)
@@ -58,4 +66,4 @@ class ApiSettings(BaseModel):
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_image_bytes, self.max_pixels)
+        return Limits(self.max_image_bytes, self.max_pixels, self.max_request_pixels)

@@ -8,14 +8,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from app.preprocessing import InputError, Limits, to_model_input
+from app.preprocessing import InputError, Limits, decoded_pixels, open_image
+from app.serving.decoding import DecodePool
 from app.serving.errors import UnavailableError
 from app.serving.served_model import Shape
 
-# Bodies above this are decoded in a worker thread so a large photo never stalls the event loop;
-# small ones (every digit) decode faster inline than a thread hop costs.
-INLINE_DECODE_BYTES = 64 * 1024
 # A swap can change the input shape between decoding and the forward pass; decode again.
 INPUT_SHAPE_RETRIES = 3
 
@@ -24,24 +23,45 @@ INPUT_SHAPE_RETRIES = 3
 Infer = Callable[[tuple[np.ndarray, int]], Awaitable[dict[str, Any] | None]]
 
 
-async def decode(data: bytes, shape: Shape, limits: Limits, name: str = "") -> np.ndarray:
-    """Image bytes -> a uint8 (C, H, W) array of ``shape``; ``name`` prefixes error details."""
+def _naming(exc: InputError, index: int, batch: bool) -> InputError:
+    """A batch's error names the image it is about."""
+    return InputError(exc.status, exc.code, f"files[{index}]: {exc.detail}") if batch else exc
+
+
+def _checked(blobs: list[bytes], shape: Shape, limits: Limits, batch: bool) -> list[Image.Image]:
+    """Every image's header checked (a bad one fails the request before any pixel is decoded),
+    and the pixels of them all within the request's budget."""
     channels, size, _ = shape
-    try:
-        if len(data) <= INLINE_DECODE_BYTES:
-            return to_model_input(data, size, channels, limits)
-        return await asyncio.to_thread(to_model_input, data, size, channels, limits)
-    except InputError as exc:
-        raise InputError(exc.status, exc.code, f"{name}{exc.detail}") from exc
+    images = []
+    for i, blob in enumerate(blobs):
+        try:
+            images.append(open_image(blob, size, channels, limits))
+        except InputError as exc:
+            raise _naming(exc, i, batch) from exc
+    total = sum(decoded_pixels(image) for image in images)
+    if total > limits.max_request_pixels:
+        raise InputError(
+            413,
+            "too_many_pixels",
+            f"the images decode to {total} pixels in all; the limit per request is "
+            f"{limits.max_request_pixels}",
+        )
+    return images
 
 
 class ShapedClassifier:
     """Decodes for the served model's input shape (asked once and remembered) and hands each
     image to ``infer``."""
 
-    def __init__(self, lookup_shape: Callable[[], Awaitable[Shape]], infer: Infer) -> None:
+    def __init__(
+        self,
+        lookup_shape: Callable[[], Awaitable[Shape]],
+        infer: Infer,
+        pool: DecodePool | None = None,
+    ) -> None:
         self._lookup_shape = lookup_shape
         self._infer = infer
+        self._pool = pool or DecodePool()
         self._shape: Shape | None = None
         # One lookup for the requests of a burst, not one each: they would flood the model's
         # queue and be refused with 503.
@@ -62,10 +82,13 @@ class ShapedClassifier:
         and give up with 503 when it keeps changing."""
         for _ in range(INPUT_SHAPE_RETRIES):
             shape = await self.shape()
-            images = [
-                await decode(blob, shape, limits, f"files[{i}]: " if batch else "")
-                for i, blob in enumerate(blobs)
-            ]
+            channels, size, _ = shape
+            images = []
+            for i, image in enumerate(_checked(blobs, shape, limits, batch)):
+                try:
+                    images.append(await self._pool.decode(image, size, channels))
+                except InputError as exc:
+                    raise _naming(exc, i, batch) from exc
             results = await asyncio.gather(*(self._infer((image, top_k)) for image in images))
             answered = [result for result in results if result is not None]
             if len(answered) == len(results):

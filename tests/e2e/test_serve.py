@@ -29,6 +29,7 @@ from serve.client import ServeClient, png_bytes
 from tests.conftest import BIN, REPO, MlflowServer, RayCluster
 from tests.model_factory import digits_state, log_digits_model
 from tests.support import free_port, http_ok, wait_for
+from tests.unit.test_decode_cost import rle8_bmp
 from tests.unit.test_preprocessing import encode, png_header_only
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -37,6 +38,7 @@ MODEL_NAME = "e2e-serve-digits"
 # Tight bounds so the oversize cases stay small.
 MAX_IMAGE_BYTES = 64 * 1024
 MAX_PIXELS = 1_000_000
+MAX_REQUEST_PIXELS = 3 * MAX_PIXELS
 MAX_BATCH_IMAGES = 8
 
 
@@ -107,7 +109,10 @@ def service_config(port: int) -> dict[str, Any]:
     app = config["applications"][0]
     deployments = {d["name"]: d for d in app["deployments"]}
     deployments["ClassifierAPI"]["user_config"].update(
-        max_image_bytes=MAX_IMAGE_BYTES, max_pixels=MAX_PIXELS, max_batch_images=MAX_BATCH_IMAGES
+        max_image_bytes=MAX_IMAGE_BYTES,
+        max_pixels=MAX_PIXELS,
+        max_request_pixels=MAX_REQUEST_PIXELS,
+        max_batch_images=MAX_BATCH_IMAGES,
     )
     classifier = deployments["Classifier"]
     classifier["user_config"].update(model_name=MODEL_NAME, poll_interval_s=0.5)
@@ -281,6 +286,18 @@ BAD_INPUTS: dict[str, tuple[str, dict[str, Any], int, str]] = {
         {"data": png_header_only(30_000, 30_000)},
         413,
         "too_many_pixels",
+    ),
+    "batch over the pixel budget": (
+        "/predict/batch",
+        {"files": [("files", (f"{i}.png", png_header_only(1000, 1000))) for i in range(4)]},
+        413,
+        "too_many_pixels",
+    ),
+    "rle-compressed bmp (decoded in python)": (
+        "/predict",
+        {"data": rle8_bmp(255, 255)},
+        415,
+        "unsupported_format",
     ),
     "oversize body": ("/predict", {"data": b"\x89PNG" + bytes(MAX_IMAGE_BYTES)}, 413, "too_large"),
     "oversize chunked body": (
