@@ -50,6 +50,7 @@ def install_error_handlers(
     """JSON bodies for bad input (4xx; ``rejected`` is told each error code), unknown routes,
     and 503 for an overloaded or changing service."""
     # Ray's overload errors, imported here: the rest of app.serving runs without Ray.
+    from ray.exceptions import RayActorError
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
     @api.exception_handler(InputError)
@@ -75,6 +76,13 @@ def install_error_handlers(
     async def no_replica(request: Request, exc: DeploymentUnavailableError) -> JSONResponse:
         logger.warning("no replica to answer: %s", exc)
         return unavailable_response("no replica is available")
+
+    @api.exception_handler(RayActorError)
+    async def replica_lost(request: Request, exc: RayActorError) -> JSONResponse:
+        # A Classifier replica that died (or became unreachable) with this request in it: the
+        # next try goes to a live one.
+        logger.warning("a model replica was lost mid-request: %s", exc)
+        return unavailable_response("the model replica answering was lost")
 
     @api.exception_handler(UnavailableError)
     async def unavailable(request: Request, exc: UnavailableError) -> JSONResponse:

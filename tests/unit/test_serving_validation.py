@@ -13,6 +13,7 @@ import pytest
 import requests
 import torch
 from fastapi import FastAPI
+from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve._private.common import DeploymentID
 from ray.serve.exceptions import DeploymentUnavailableError
 from torch import nn
@@ -118,3 +119,19 @@ def test_an_unavailable_deployment_is_503_without_its_name() -> None:
         response = requests.get(f"{url}/down", timeout=10)
     assert error_of(response, 503) == "unavailable"
     assert "Classifier" not in response.text and "failed to deploy" not in response.text
+
+
+@pytest.mark.parametrize("lost", [ActorDiedError(), ActorUnavailableError("unreachable", None)])
+def test_a_replica_lost_mid_request_is_503_with_retry_after(lost: Exception) -> None:
+    api = FastAPI()
+    install_error_handlers(api)
+
+    @api.get("/lost")
+    async def replica_gone() -> None:
+        raise lost
+
+    with serving(api) as url:
+        response = requests.get(f"{url}/lost", timeout=10)
+    assert error_of(response, 503) == "unavailable"
+    assert response.headers["Retry-After"] == "1"
+    assert "Actor" not in response.text
