@@ -200,14 +200,18 @@ def _search_alg(cfg: TuneConfig, plan: TrialPlan, warm_start: list[dict[str, Any
             random_state=cfg.seed,
             max_concurrent=plan.max_concurrent,
         )
-    return ConcurrencyLimiter(
-        HyperOptSearch(
-            metric=cfg.metric,
-            mode=cfg.mode,
-            random_state_seed=cfg.seed,
-            points_to_evaluate=warm_start or None,
-        ),
-        max_concurrent=plan.max_concurrent,
+    from app.tune.trial_ids import CountedTrialIds
+
+    return CountedTrialIds(
+        ConcurrencyLimiter(
+            HyperOptSearch(
+                metric=cfg.metric,
+                mode=cfg.mode,
+                random_state_seed=cfg.seed,
+                points_to_evaluate=warm_start or None,
+            ),
+            max_concurrent=plan.max_concurrent,
+        )
     )
 
 
