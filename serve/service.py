@@ -38,6 +38,7 @@ from app.devices import pick_device
 from app.serving.bodies import read_image, read_images
 from app.serving.errors import health_response, install_error_handlers
 from app.serving.holder import ImageRequest, ModelHolder
+from app.serving.last_model import LastModel, cache_root
 from app.serving.schemas import (
     ERRORS,
     MULTIPART_FILES,
@@ -65,7 +66,7 @@ _BATCHING = ApiSettings()
 @serve.deployment
 class Classifier:
     def __init__(self) -> None:
-        self._holder = ModelHolder(pick_device(), ModelMetrics())
+        self._holder = ModelHolder(pick_device(), ModelMetrics(), LastModel(cache_root()))
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Start-up and every ``serve deploy`` with a new user_config (config.yaml always gives

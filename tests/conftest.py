@@ -130,6 +130,8 @@ def ray_cluster(
         # Name this cluster for every process in it: Ray Train's placement-group cleaner
         # looks the cluster up and gives up when other Ray instances run on the machine.
         "RAY_ADDRESS": cluster.gcs_address,
+        # The models the replicas keep for a start without the registry: the test's own.
+        "RAYVISION_SERVING_CACHE": str(cluster.temp_dir / "served-models"),
         # Serve as the project's clusters run it, with HAProxy's files and ports its own.
         **HIGH_THROUGHPUT_ENV,
         **private_haproxy_env(str(cluster.temp_dir / "hp"), haproxy_stats_port, free_port()),

@@ -5,6 +5,10 @@ them: batches already running keep their reference to the old model, which is re
 last of them finishes. A switch that fails keeps the current model and logs why (an error for a
 model refused at load, a warning for a registry that does not answer); clients see the status
 ``degraded`` until a switch works. The poller tries again every ``poll_interval_s``.
+
+Each model loaded is kept on the node's disk (``LastModel``): a replica that starts while the
+registry is unreachable serves the last one loaded for its settings, ``degraded`` until the
+registry answers and confirms it or names another.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from app import tracking
+from app.serving.last_model import LastModel
 from app.serving.served_model import ServedModel, Shape, UnservableModelError
 from app.serving.settings import ModelSettings
 from app.serving.source import resolve_source
@@ -43,6 +49,8 @@ class HolderObserver(Protocol):
 
     def batch(self, served: ServedModel, size: int, seconds: float) -> None: ...
 
+    def status(self, status: str) -> None: ...
+
 
 class Unobserved:
     def swapped(self, old: ServedModel | None, new: ServedModel) -> None:
@@ -51,13 +59,22 @@ class Unobserved:
     def failed(self, error: Exception) -> None:
         pass
 
+    def status(self, status: str) -> None:
+        pass
+
     def batch(self, served: ServedModel, size: int, seconds: float) -> None:
         pass
 
 
 class ModelHolder:
-    def __init__(self, device: torch.device, observer: HolderObserver | None = None) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        observer: HolderObserver | None = None,
+        last_model: LastModel | None = None,
+    ) -> None:
         self.device = device
+        self._last_model = last_model
         self.settings = ModelSettings()
         # Why the last switch failed (for the log; clients only see "degraded").
         self.last_error: str | None = None
@@ -84,7 +101,7 @@ class ModelHolder:
         replica); a later failing switch keeps serving the current model. Starts the poller."""
         self.settings = settings
         if self._served is None:
-            await self.follow(settings)
+            await self._first_load(settings)
         else:
             await self.follow_or_keep(settings)
         if self._poller is None:
@@ -104,6 +121,29 @@ class ModelHolder:
             self._served = new  # the swap
             self._observer.swapped(current, new)
             logger.info("serving %s version %s: %s", source.name, source.version, new.internals())
+            if self._last_model is not None:
+                await asyncio.to_thread(self._last_model.keep, settings, new)
+
+    async def _first_load(self, settings: ModelSettings) -> None:
+        """``follow``; when the registry is unreachable, the last model kept for these settings
+        instead, marked degraded. Nothing to serve raises (the replica does not start)."""
+        try:
+            await self.follow(settings)
+        except Exception as exc:
+            if self._last_model is None or not tracking.is_outage(exc):
+                raise
+            kept = await asyncio.to_thread(self._last_model.load, settings, self.device)
+            if kept is None:
+                raise
+            self._served = kept
+            self._observer.swapped(None, kept)
+            self._failed(exc)
+            logger.warning(
+                "the registry is unreachable: serving the last model loaded here, %s version "
+                "%s, until it answers",
+                kept.source.name,
+                kept.source.version,
+            )
 
     async def follow_or_keep(self, settings: ModelSettings) -> None:
         """``follow``, but a failure (registry down, alias missing, a model refused at load)
@@ -111,12 +151,17 @@ class ModelHolder:
         try:
             await self.follow(settings)
             self.last_error = None
+            self._observer.status(self.status())
         except Exception as exc:  # registry down, alias missing, bad artifact: keep serving
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            self._observer.failed(exc)
+            self._failed(exc)
             refused = isinstance(exc, UnservableModelError)
             level = logging.ERROR if refused else logging.WARNING
             logger.log(level, "keeping the current model: %s", self.last_error)
+
+    def _failed(self, exc: Exception) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._observer.failed(exc)
+        self._observer.status(self.status())
 
     async def _poll(self) -> None:
         while True:

@@ -35,6 +35,11 @@ class ModelMetrics:
             "rayvision_model_served", "1 for the model version this replica serves", tags
         )
         self.predictions = Counter("rayvision_predictions", "images classified", tags)
+        self.degraded = Gauge(
+            "rayvision_model_degraded",
+            "1 while the replica serves a model it could not confirm or replace as its settings "
+            "ask (a failed switch, or the registry unreachable at start)",
+        )
         self.failed_switches = Counter(
             "rayvision_model_switch_failures",
             "switches that failed and kept the current model, by exception type",
@@ -54,6 +59,9 @@ class ModelMetrics:
 
     def failed(self, error: Exception) -> None:
         self.failed_switches.inc(tags={"error": type(error).__name__})
+
+    def status(self, status: str) -> None:
+        self.degraded.set(int(status == "degraded"))
 
     def batch(self, served: ServedModel, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from app.serving.holder import ModelHolder, Unobserved
+from app.serving.last_model import LastModel
 from app.serving.settings import ModelSettings
 
 T = TypeVar("T")
@@ -36,12 +37,14 @@ class Store:
 
 
 def with_holder(
-    scenario: Callable[[ModelHolder], Coroutine[Any, Any, T]], observer: Unobserved | None = None
+    scenario: Callable[[ModelHolder], Coroutine[Any, Any, T]],
+    observer: Unobserved | None = None,
+    last_model: LastModel | None = None,
 ) -> T:
     """Run ``scenario`` with a fresh holder on an event loop of its own; close it after."""
 
     async def run() -> T:
-        holder = ModelHolder(CPU, observer)
+        holder = ModelHolder(CPU, observer, last_model)
         try:
             return await scenario(holder)
         finally:
