@@ -1,8 +1,11 @@
 """Request bodies, bounded: raw image bytes or multipart files, refused with a 4xx as soon as
-they pass their cap."""
+they pass their cap, or as soon as they arrive slower than a minimum rate (a client trickling
+its upload would otherwise hold one of the ingress's few request slots for as long as it likes).
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 
 from fastapi import Request
@@ -10,7 +13,7 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.preprocessing import InputError
-from app.serving.settings import ApiSettings
+from app.serving.settings import ApiSettings, BodyPace
 
 # Room for multipart boundaries and part headers around one image.
 MULTIPART_SLACK = 64 * 1024
@@ -18,18 +21,33 @@ MULTIPART_SLACK = 64 * 1024
 MAX_FORM_FIELDS = 16
 
 
-async def read_body(request: Request, cap: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``cap`` bytes."""
+async def read_body(request: Request, cap: int, pace: BodyPace) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``cap`` bytes and with 408 as
+    soon as it falls behind ``pace``."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         raise InputError(413, "too_large", f"{declared} bytes; the limit is {cap} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:
+        wait = pace.deadline(started, size) - loop.time()
+        try:
+            chunk = await asyncio.wait_for(anext(stream), max(wait, 0))
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except TimeoutError:
+            raise InputError(
+                408,
+                "body_too_slow",
+                f"{size} bytes in {loop.time() - started:.0f} s; send the body at "
+                f"{pace.min_bytes_per_s} bytes/s or faster",
+            ) from None
         size += len(chunk)
         if size > cap:
             raise InputError(413, "too_large", f"more than {cap} bytes; the limit is {cap}")
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def read_files(headers: Headers, body: bytes, field: str, max_files: int) -> list[bytes]:
@@ -64,8 +82,8 @@ def is_multipart(request: Request) -> bool:
 async def read_image(request: Request, settings: ApiSettings) -> bytes:
     """``POST /predict``'s one image: the raw body, or the multipart field ``file``."""
     if not is_multipart(request):
-        return await read_body(request, settings.max_image_bytes)
-    body = await read_body(request, settings.max_image_bytes + MULTIPART_SLACK)
+        return await read_body(request, settings.max_image_bytes, settings.body_pace)
+    body = await read_body(request, settings.max_image_bytes + MULTIPART_SLACK, settings.body_pace)
     (image,) = await read_files(request.headers, body, "file", 1)
     return image
 
@@ -74,5 +92,5 @@ async def read_images(request: Request, settings: ApiSettings) -> list[bytes]:
     """``POST /predict/batch``'s images: the multipart fields ``files``, in order."""
     if not is_multipart(request):
         raise InputError(400, "malformed_multipart", "send multipart/form-data with `files`")
-    body = await read_body(request, settings.max_batch_bytes)
+    body = await read_body(request, settings.max_batch_bytes, settings.body_pace)
     return await read_files(request.headers, body, "files", settings.max_batch_images)

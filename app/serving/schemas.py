@@ -68,6 +68,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
         400: "empty body, malformed multipart, missing file",
+        408: "the body arrived too slowly",
         413: "too many bytes, pixels or files",
         415: "not a PNG, JPEG, WebP or BMP image",
         422: "truncated or corrupt image, invalid parameter",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +50,18 @@ class ModelSettings(BaseModel):
         return cls.model_validate(values)
 
 
+@dataclass(frozen=True)
+class BodyPace:
+    """How slowly a body may arrive: after ``grace_s``, at least ``min_bytes_per_s`` on average
+    since the request began (a deadline that moves out with every byte received)."""
+
+    grace_s: float = 5.0
+    min_bytes_per_s: int = 16 * 1024
+
+    def deadline(self, started: float, received: int) -> float:
+        return started + self.grace_s + received / self.min_bytes_per_s
+
+
 class ApiSettings(BaseModel):
     """Bounds on every request the ingress accepts, and how it batches images for the model."""
 
@@ -61,8 +74,15 @@ class ApiSettings(BaseModel):
     )
     max_batch_images: int = Field(default=32, ge=1, le=1024)
     max_batch_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    # A body must arrive at this rate on average once the grace period is over (else 408).
+    body_grace_s: float = Field(default=5.0, gt=0, le=300)
+    min_body_bytes_per_s: int = Field(default=16 * 1024, ge=1)
     max_batch_size: int = Field(default=MAX_BATCH_SIZE, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(default=BATCH_WAIT_TIMEOUT_S, ge=0, le=1)
+
+    @property
+    def body_pace(self) -> BodyPace:
+        return BodyPace(self.body_grace_s, self.min_body_bytes_per_s)
 
     @property
     def limits(self) -> Limits:

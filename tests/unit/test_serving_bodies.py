@@ -3,6 +3,7 @@ built from app.serving's pieces, served by uvicorn in a thread, called with requ
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,13 @@ from app.serving.schemas import TOP_K
 from app.serving.settings import ApiSettings
 from tests.support import wait_for
 
-SETTINGS = ApiSettings(max_image_bytes=2048, max_batch_bytes=4096, max_batch_images=3)
+SETTINGS = ApiSettings(
+    max_image_bytes=2048,
+    max_batch_bytes=4096,
+    max_batch_images=3,
+    body_grace_s=0.5,
+    min_body_bytes_per_s=1000,
+)
 
 
 @contextmanager
@@ -178,3 +185,20 @@ def test_rejected_inputs_are_counted_by_code(url: str, rejected: list[str]) -> N
     requests.post(f"{url}/predict", data=b"x", params={"top_k": 0}, timeout=10)
     requests.get(f"{url}/nowhere", timeout=10)  # not an input the client sent wrong
     assert rejected[before:] == ["too_large", "invalid_parameter"]
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict/batch"])
+def test_a_body_that_trickles_in_is_cut_off_with_408(url: str, path: str) -> None:
+    """A client that sends its headers and a few bytes, then waits: the ingress answers 408
+    once the body falls behind the minimum rate, instead of holding the request open."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as client:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2000\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+        )
+        client.sendall(head.encode() + b"--b\r\n")
+        answer = client.recv(4096).decode()  # no more bytes come from this client
+    status_line, _, rest = answer.partition("\r\n")
+    assert status_line.split()[1] == "408", answer
+    assert '"error":"body_too_slow"' in rest
