@@ -27,6 +27,7 @@ export RAY_AUTH_MODE ?= token
 # of Serve's Python proxy. 0 turns it off.
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
+export RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S ?= 30
 
 .PHONY: help
 help: ## list the targets

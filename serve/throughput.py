@@ -12,7 +12,13 @@ Makefile exports them, the RayService manifest sets them on every pod), not for 
 Set either to 0 to run Ray's default Serve path instead.
 """
 
-HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+HIGH_THROUGHPUT_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # HAProxy drops a client silent this long (Ray's default is an hour: a few hundred idle or
+    # trickling connections would be held that long). Classifying an image takes milliseconds.
+    "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "30",
+}
 
 
 def private_haproxy_env(state_dir: str, stats_port: int, metrics_port: int) -> dict[str, str]:
