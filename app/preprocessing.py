@@ -22,7 +22,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 # Images decode to grey (L) or RGB: the channels a model may take.
@@ -78,7 +78,7 @@ def _sniff_unsupported(data: bytes) -> str | None:
     return None
 
 
-def _open(data: bytes) -> Image.Image:
+def _open(data: bytes) -> ImageFile.ImageFile:
     """Parse the header only: Pillow decodes pixels lazily."""
     try:
         return Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
@@ -94,7 +94,7 @@ def _open(data: bytes) -> Image.Image:
         raise InputError(422, "corrupt_image", f"unreadable image header: {exc}") from exc
 
 
-def _refuse_python_decoders(image: Image.Image) -> None:
+def _refuse_python_decoders(image: ImageFile.ImageFile) -> None:
     """Pillow's decoders written in Python (registered in ``Image.DECODERS``; its C decoders
     are not) hold the GIL while they run, so no thread can bound their cost."""
     slow = {tile.codec_name for tile in image.tile} & set(Image.DECODERS)

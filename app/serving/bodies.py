@@ -27,7 +27,8 @@ async def read_body(request: Request, cap: int, pace: BodyPace) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         raise InputError(413, "too_large", f"{declared} bytes; the limit is {cap} bytes")
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     stream = request.stream().__aiter__()
     loop = asyncio.get_running_loop()
     started = loop.time()

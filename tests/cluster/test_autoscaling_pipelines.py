@@ -224,6 +224,7 @@ def _holding(cluster: SimulatedCluster) -> str:
     ]
     status = subprocess.run(
         [RAY, "status", "--address", cluster.ray.gcs_address, "-v"],
+        check=False,  # a diagnosis: what it says, even when it fails
         env=cluster.ray.client_env(),
         capture_output=True,
         text=True,
