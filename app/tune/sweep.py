@@ -21,7 +21,7 @@ from typing import Any
 from app import tracking
 from app.config import ConfigError
 from app.datasets import ImageSplits, load_splits
-from app.ray_runtime import ensure_ray, host_train_coordinator_here
+from app.ray_runtime import ensure_ray, host_train_coordinator_here, release_own_placement_groups
 from app.train.config import TrainConfig
 from app.tune.config import TuneConfig, validate_before_start
 from app.tune.plan import (
@@ -190,6 +190,21 @@ def _open_parent_run(
     return tracking.start_run(cfg.experiment, sweep, params, tags)
 
 
+def _release_leftover_reservations() -> None:
+    """Placement groups of trials lost with their node, which would hold a node up (a failure
+    to look is reported, not raised: the sweep's result stands)."""
+    try:
+        released = release_own_placement_groups()
+    except Exception as exc:  # the state API (the dashboard) may be unreachable
+        print(f"could not check for leftover placement groups: {exc}", flush=True)
+        return
+    if released:
+        print(
+            f"released {len(released)} placement group(s) that trials lost with their node left",
+            flush=True,
+        )
+
+
 def _search_alg(cfg: TuneConfig, plan: TrialPlan, warm_start: list[dict[str, Any]]) -> Any:
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from ray.tune.search.hyperopt import HyperOptSearch
@@ -323,7 +338,10 @@ def _run_sweep(cfg: TuneConfig) -> dict[str, Any]:
         # and its fit() resumes the Train run from its last checkpoint.
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
     )
-    _tuner(cfg, trainable, run_config, scheduler, space, plan, warm_start, resume).fit()
+    try:
+        _tuner(cfg, trainable, run_config, scheduler, space, plan, warm_start, resume).fit()
+    finally:
+        _release_leftover_reservations()
     summary = summarise(cfg, sweep, parent_run_id, space)
     summary["wall_seconds"] = time.perf_counter() - started
     tracking.client().set_terminated(parent_run_id, status="FINISHED")

@@ -1,5 +1,6 @@
 """jobs/tune.py's entry point in this process on the session cluster: a grid sweep of two
-trials, each a real TorchTrainer, logged under one parent run and the best registered."""
+trials, each a real TorchTrainer, logged under one parent run and the best registered; and what
+a sweep's driver releases at its end."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from app.ray_runtime import ensure_ray, release_own_placement_groups
 from tests.conftest import REPO, MlflowServer, RayCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -49,3 +51,17 @@ def test_grid_sweep_in_process(
     assert results["best_config"]["batch_size"] in ("64", "128")
     version = client.get_model_version_by_alias("it-tuned", "candidate")
     assert version.run_id == results["best_run_id"] == parent.data.tags["best_run_id"]
+
+
+def test_the_driver_releases_the_placement_groups_its_job_left(ray_client_env: RayCluster) -> None:
+    """What a Train controller lost with its node leaves (its worker group's reservation) is
+    released by the sweep's driver; its own job's only."""
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    ensure_ray()
+    left = placement_group([{"CPU": 0.01}])
+    ray.get(left.ready(), timeout=60)
+    assert release_own_placement_groups() == [left.id.hex()]
+    assert placement_group_table(left)["state"] == "REMOVED"
+    assert release_own_placement_groups() == []
