@@ -17,6 +17,10 @@ digit; with ``--dataset cifar10`` a 32x32 colour picture for a CIFAR-sized model
 3. the bare model in this process: ``Predictor.serve_proba`` on uint8 batches of exactly the
    sizes the replica formed in phase 1, with one torch thread like the replica.
 
+4. mixed: phase 1's load with a tenth of the clients posting crafted images instead
+   (tests/crafted_inputs.py: a 2048 x 2048 16-bit PNG and a flat WebP of a few KB each, an
+   RLE-compressed BMP), reporting the legitimate clients' throughput and latency.
+
 Ratios: served / bare images per second (goal >= 0.5 on 2 CPU cores) and batching on / off
 (goal >= 2). Last line: one JSON object.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import itertools
 import json
 import os
 import statistics
@@ -33,6 +38,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,8 +62,13 @@ from app.datasets import dataset_info, load_splits  # noqa: E402
 from app.models import ModelSpec, build_model, cpu_state_dict  # noqa: E402
 from serve import service  # noqa: E402
 from serve.client import png_bytes  # noqa: E402
+from tests.crafted_inputs import hostile_bodies  # noqa: E402
 
 MODEL_NAME = "bench-digits"
+# One answered request: its HTTP status (0: none) and seconds.
+Answered = Callable[[int, float], None]
+# The share of clients that send crafted inputs in the mixed phase.
+HOSTILE_SHARE = 0.1
 
 
 @dataclass
@@ -65,6 +77,8 @@ class Phase:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     seconds: float = 0.0
+    # What the hostile clients got back, by status (0: no answer).
+    hostile: Counter[int] = field(default_factory=Counter)
 
     def summary(self) -> dict[str, float]:
         ordered = sorted(self.latencies) or [float("nan")]
@@ -77,40 +91,70 @@ class Phase:
         }
 
 
-def drive(port: int, body: bytes, clients: int, seconds: float, name: str) -> Phase:
-    """``clients`` threads posting ``body`` back to back for ``seconds``; every answer counts."""
+def _post_until(port: int, bodies: list[bytes], deadline: float, answered: Answered) -> None:
+    """One client: ``bodies`` in turn, back to back over a keep-alive connection, until
+    ``deadline``; each answer's status (0: none) and seconds go to ``answered``."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Content-Type": "application/octet-stream"}
+    for body in itertools.cycle(bodies):
+        if (started := time.perf_counter()) >= deadline:
+            break
+        try:
+            connection.request("POST", "/predict", body, headers)
+            response = connection.getresponse()
+            response.read()
+            status = response.status
+        except (OSError, http.client.HTTPException):
+            connection.close()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            status = 0
+        answered(status, time.perf_counter() - started)
+    connection.close()
+
+
+def drive(
+    port: int,
+    body: bytes,
+    clients: int,
+    seconds: float,
+    name: str,
+    hostile: tuple[list[bytes], int] = ([], 0),
+) -> Phase:
+    """``clients`` threads posting ``body`` back to back for ``seconds``; every answer counts.
+    With ``hostile`` (bodies, clients), that many more threads post those bodies meanwhile;
+    their answers are counted apart."""
     phase = Phase(name)
     deadline = time.perf_counter() + seconds
     lock = threading.Lock()
 
-    def client() -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        headers = {"Content-Type": "image/png"}
-        while (started := time.perf_counter()) < deadline:
-            try:
-                connection.request("POST", "/predict", body, headers)
-                response = connection.getresponse()
-                response.read()
-                ok = response.status == 200
-            except (OSError, http.client.HTTPException):
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                ok = False
-            with lock:
-                if ok:
-                    phase.latencies.append(time.perf_counter() - started)
-                else:
-                    phase.errors += 1
-        connection.close()
+    def legit(status: int, took: float) -> None:
+        with lock:
+            if status == 200:
+                phase.latencies.append(took)
+            else:
+                phase.errors += 1
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    def attack(status: int, took: float) -> None:
+        with lock:
+            phase.hostile[status] += 1
+
+    bodies, attackers = hostile
+    threads = [
+        threading.Thread(target=_post_until, args=(port, [body], deadline, legit))
+        for _ in range(clients)
+    ]
+    threads += [
+        threading.Thread(target=_post_until, args=(port, bodies, deadline, attack))
+        for _ in range(attackers)
+    ]
     began = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     phase.seconds = time.perf_counter() - began
-    print(name, json.dumps(phase.summary()), flush=True)
+    hostile_note = f" hostile answers {dict(phase.hostile)}" if attackers else ""
+    print(name, json.dumps(phase.summary()) + hostile_note, flush=True)
     return phase
 
 
@@ -177,6 +221,60 @@ def bare_rps(
     return sum(size * count for size, count in batch_counts.items()) / seconds
 
 
+def report(
+    args: argparse.Namespace,
+    seconds: float,
+    phases: dict[str, Phase],
+    counts: dict[int, int],
+    bare: float,
+) -> None:
+    """The phases in words, then as one JSON line."""
+    on, off = phases["batching_on"].summary(), phases["batching_off"].summary()
+    idle, mixed = phases["idle"].summary(), phases["mixed"].summary()
+    mean_batch = sum(s * n for s, n in counts.items()) / max(sum(counts.values()), 1)
+    print(f"batch sizes formed with batching on: {dict(sorted(counts.items()))}")
+    print(
+        f"served {on['rps']:.0f} img/s (p50 {on['p50_ms']:.1f} ms, p99 {on['p99_ms']:.1f} ms, "
+        f"{on['errors']} errors); unbatched {off['rps']:.0f} img/s; bare model {bare:.0f} img/s "
+        f"at the same batch sizes (mean {mean_batch:.1f}); one idle client: p50 "
+        f"{idle['p50_ms']:.1f} ms"
+    )
+    print(
+        f"with {HOSTILE_SHARE:.0%} hostile clients: legitimate {mixed['rps']:.0f} img/s, p50 "
+        f"{mixed['p50_ms']:.1f} ms, p99 {mixed['p99_ms']:.1f} ms, {mixed['errors']} errors; "
+        f"hostile answers {dict(phases['mixed'].hostile)}"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "serve_load",
+                "model": args.model,
+                "dataset": args.dataset,
+                "clients": args.clients,
+                "seconds_per_phase": seconds,
+                "cpus": os.cpu_count(),
+                "project_rps": round(on["rps"], 1),
+                "p50_ms": round(on["p50_ms"], 2),
+                "p99_ms": round(on["p99_ms"], 2),
+                "errors": on["errors"] + off["errors"] + idle["errors"],
+                "idle_p50_ms": round(idle["p50_ms"], 2),
+                "mixed_legit_rps": round(mixed["rps"], 1),
+                "mixed_legit_p50_ms": round(mixed["p50_ms"], 2),
+                "mixed_legit_p99_ms": round(mixed["p99_ms"], 2),
+                "mixed_legit_errors": mixed["errors"],
+                "mixed_hostile_answers": dict(phases["mixed"].hostile),
+                "unbatched_rps": round(off["rps"], 1),
+                "unbatched_p50_ms": round(off["p50_ms"], 2),
+                "unbatched_p99_ms": round(off["p99_ms"], 2),
+                "mean_batch_size": round(mean_batch, 2),
+                "baseline_rps": round(bare, 1),
+                "ratio": round(on["rps"] / bare, 3),
+                "batching_ratio": round(on["rps"] / off["rps"], 3),
+            }
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -231,46 +329,23 @@ def main() -> None:
                     }
                     # One client alone: what the batching wait costs an idle service.
                     phases["idle"] = drive(port, image, 1, warmup, "idle")
+                    # The same load with a tenth of the clients sending crafted images.
+                    attackers = max(1, round(args.clients * HOSTILE_SHARE))
+                    phases["mixed"] = drive(
+                        port,
+                        image,
+                        args.clients - attackers,
+                        seconds,
+                        "mixed",
+                        (hostile_bodies(), attackers),
+                    )
         finally:
             serve.shutdown()
             ray.shutdown()
         shape = (spec.in_channels, spec.image_size, spec.image_size)
         bare = bare_rps(model_uri, shape, counts, repeats=20)
 
-    on, off = phases["batching_on"].summary(), phases["batching_off"].summary()
-    idle = phases["idle"].summary()
-    mean_batch = sum(s * n for s, n in counts.items()) / max(sum(counts.values()), 1)
-    print(f"batch sizes formed with batching on: {dict(sorted(counts.items()))}")
-    print(
-        f"served {on['rps']:.0f} img/s (p50 {on['p50_ms']:.1f} ms, p99 {on['p99_ms']:.1f} ms, "
-        f"{on['errors']} errors); unbatched {off['rps']:.0f} img/s; bare model {bare:.0f} img/s "
-        f"at the same batch sizes (mean {mean_batch:.1f}); one idle client: p50 "
-        f"{idle['p50_ms']:.1f} ms"
-    )
-    print(
-        json.dumps(
-            {
-                "bench": "serve_load",
-                "model": args.model,
-                "dataset": args.dataset,
-                "clients": args.clients,
-                "seconds_per_phase": seconds,
-                "cpus": os.cpu_count(),
-                "project_rps": round(on["rps"], 1),
-                "p50_ms": round(on["p50_ms"], 2),
-                "p99_ms": round(on["p99_ms"], 2),
-                "errors": on["errors"] + off["errors"] + idle["errors"],
-                "idle_p50_ms": round(idle["p50_ms"], 2),
-                "unbatched_rps": round(off["rps"], 1),
-                "unbatched_p50_ms": round(off["p50_ms"], 2),
-                "unbatched_p99_ms": round(off["p99_ms"], 2),
-                "mean_batch_size": round(mean_batch, 2),
-                "baseline_rps": round(bare, 1),
-                "ratio": round(on["rps"] / bare, 3),
-                "batching_ratio": round(on["rps"] / off["rps"], 3),
-            }
-        )
-    )
+    report(args, seconds, phases, counts, bare)
 
 
 if __name__ == "__main__":

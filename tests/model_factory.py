@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from app import model_registry, tracking
@@ -53,3 +54,11 @@ def log_digits_model(
     model_registry.log_model(run_id, state, spec, example)
     tracking.client().set_terminated(run_id)
     return run_id, report.accuracy
+
+
+def log_untrained(spec: ModelSpec, state: dict[str, torch.Tensor]) -> str:
+    run_id = tracking.start_run("serving-tests", None, {"model": spec.architecture}, {})
+    side = spec.image_size
+    shape = (2, side, side) if spec.in_channels == 1 else (2, side, side, spec.in_channels)
+    model_registry.log_model(run_id, state, spec, np.zeros(shape, dtype=np.uint8))
+    return run_id

@@ -24,12 +24,13 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from app import model_registry
-from app.datasets import load_splits
+from app.datasets import dataset_info, load_splits
+from app.models import ModelSpec, build_model, cpu_state_dict
 from serve.client import ServeClient, png_bytes
 from tests.conftest import BIN, REPO, MlflowServer, RayCluster
-from tests.model_factory import digits_state, log_digits_model
+from tests.crafted_inputs import rle8_bmp
+from tests.model_factory import digits_state, log_digits_model, log_untrained
 from tests.support import free_port, http_ok, wait_for
-from tests.unit.test_decode_cost import rle8_bmp
 from tests.unit.test_preprocessing import encode, png_header_only
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -443,6 +444,35 @@ def test_alias_move_and_user_config_pin_swap_with_zero_failed_requests(
     assert segments(steady.versions) == ["1", "2", "1"]
     info = ServeClient(service.url).model()
     assert (info["version"], info["alias"], info["status"]) == ("1", None, "ready")
+
+
+def test_a_swap_to_a_model_of_another_input_shape_under_load_fails_no_request(
+    service: Service, registered: Registered, mlflow_server: MlflowServer
+) -> None:
+    """Version 3 takes 3 x 32 x 32 colour images where versions 1 and 2 take 1 x 8 x 8 grey
+    ones: requests decoded for one shape while the other is swapped in are decoded again."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+        cifar = ModelSpec.for_dataset("resnet18", dataset_info("cifar10"))
+        run_id = log_untrained(cifar, cpu_state_dict(build_model(cifar)))
+        version = model_registry.register_version(run_id, MODEL_NAME, {})
+    steady = SteadyClient(service.url, registered.pngs[0])
+    thread = threading.Thread(target=steady.run, daemon=True)
+    thread.start()
+    classifier = service.deployment("Classifier")
+    try:
+        wait_for(lambda: steady.served("1", 20), 60, "answers from version 1")
+        classifier["user_config"]["model_version"] = int(version)
+        service.deploy()
+        wait_for(lambda: steady.served(version, 20), 120, f"answers from version {version}")
+        classifier["user_config"]["model_version"] = 1
+        service.deploy()
+        wait_for(lambda: steady.served("1", 20), 120, "answers from version 1 again")
+    finally:
+        steady.stop.set()
+        thread.join(60)
+    assert steady.failures == []
+    assert segments(steady.versions) == ["1", version, "1"]
 
 
 def test_environment_pins_a_run_over_the_user_config(

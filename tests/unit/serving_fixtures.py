@@ -8,23 +8,14 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
-from app import model_registry, tracking
+from app import model_registry
 from app.datasets import dataset_info
 from app.models import ModelSpec, build_model, cpu_state_dict
-from tests.model_factory import digits_state, log_digits_model
+from tests.model_factory import digits_state, log_digits_model, log_untrained
 from tests.unit.serving_support import Store
-
-
-def log_untrained(spec: ModelSpec, state: dict[str, torch.Tensor]) -> str:
-    run_id = tracking.start_run("serving-tests", None, {"model": spec.architecture}, {})
-    side = spec.image_size
-    shape = (2, side, side) if spec.in_channels == 1 else (2, side, side, spec.in_channels)
-    model_registry.log_model(run_id, state, spec, np.zeros(shape, dtype=np.uint8))
-    return run_id
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import struct
 
 import numpy as np
 import pytest
@@ -16,24 +15,9 @@ from app.preprocessing import InputError, Limits, open_image, to_model_input
 from app.serving.decoding import INLINE_DECODE_PIXELS, DecodePool
 from app.serving.errors import UnavailableError
 from app.serving.shaped import ShapedClassifier
+from tests.crafted_inputs import encode, rle8_bmp
 
 SHAPE = (3, 32, 32)
-
-
-def rle8_bmp(width: int, height: int) -> bytes:
-    """A valid BMP with BI_RLE8 compression (Pillow decodes it in Python): every row one run."""
-    rows = b"".join(bytes([width, 7]) + b"\x00\x00" for _ in range(height)) + b"\x00\x01"
-    palette = b"".join(bytes([i, i, i, 0]) for i in range(256))
-    offset = 14 + 40 + len(palette)
-    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rows), 0, 0, 256, 0)
-    header = b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset)
-    return header + info + palette + rows
-
-
-def encode(image: Image.Image, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return buffer.getvalue()
 
 
 def photo(width: int, height: int, fmt: str) -> bytes:
