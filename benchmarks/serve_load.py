@@ -18,7 +18,7 @@ digit; with ``--dataset cifar10`` a 32x32 colour picture for a CIFAR-sized model
    sizes the replica formed in phase 1, with one torch thread like the replica.
 
 4. mixed: phase 1's load with a tenth of the clients posting crafted images instead
-   (tests/crafted_inputs.py: a 2048 x 2048 16-bit PNG and a flat WebP of a few KB each, an
+   (benchmarks/crafted_inputs.py: a 2048 x 2048 16-bit PNG and a flat WebP of a few KB each, an
    RLE-compressed BMP), reporting the legitimate clients' throughput and latency.
 
 Ratios: served / bare images per second (goal >= 0.5 on 2 CPU cores) and batching on / off
@@ -60,9 +60,9 @@ from ray.serve import Application  # noqa: E402
 from app import model_registry, tracking  # noqa: E402
 from app.datasets import dataset_info, load_splits  # noqa: E402
 from app.models import ModelSpec, build_model, cpu_state_dict  # noqa: E402
+from benchmarks.crafted_inputs import hostile_bodies  # noqa: E402
 from serve import service  # noqa: E402
 from serve.client import png_bytes  # noqa: E402
-from tests.crafted_inputs import hostile_bodies  # noqa: E402
 
 MODEL_NAME = "bench-digits"
 # One answered request: its HTTP status (0: none) and seconds.

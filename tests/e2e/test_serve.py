@@ -26,9 +26,9 @@ from PIL import Image
 from app import model_registry
 from app.datasets import dataset_info, load_splits
 from app.models import ModelSpec, build_model, cpu_state_dict
+from benchmarks.crafted_inputs import rle8_bmp
 from serve.client import ServeClient, png_bytes
 from tests.conftest import BIN, REPO, MlflowServer, RayCluster
-from tests.crafted_inputs import rle8_bmp
 from tests.model_factory import digits_state, log_digits_model, log_untrained
 from tests.support import free_port, http_ok, wait_for
 from tests.unit.test_preprocessing import encode, png_header_only

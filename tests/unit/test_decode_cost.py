@@ -15,7 +15,7 @@ from app.preprocessing import InputError, Limits, open_image, to_model_input
 from app.serving.decoding import INLINE_DECODE_PIXELS, DecodePool
 from app.serving.errors import UnavailableError
 from app.serving.shaped import ShapedClassifier
-from tests.crafted_inputs import encode, rle8_bmp
+from benchmarks.crafted_inputs import encode, rle8_bmp
 
 SHAPE = (3, 32, 32)
 

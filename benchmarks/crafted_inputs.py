@@ -1,4 +1,4 @@
-"""Inputs built to hurt the inference service, for the tests and benchmarks/serve_load.py: each
+"""Inputs built to hurt the inference service, for benchmarks/serve_load.py and the tests: each
 is small on the wire and costly (or refused) when decoded."""
 
 from __future__ import annotations
