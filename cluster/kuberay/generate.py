@@ -29,13 +29,15 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))  # for `serve`
 
-from serve.throughput import HIGH_THROUGHPUT_ENV  # noqa: E402
+from serve.throughput import FRONT_HAPROXY, HIGH_THROUGHPUT_ENV, front_haproxy_env  # noqa: E402
 
 SERVE_CONFIG = REPO / "serve" / "config.yaml"
 RAYCLUSTER = HERE / "raycluster" / "raycluster.yaml"
 GPU = "nvidia.com/gpu"
 # Pods are reached through Kubernetes Services, and HAProxy on one node forwards to ingress
 # replicas on others: Serve binds every interface there (serve/config.yaml's is a laptop's).
+# Where the image (cluster/docker/Dockerfile) keeps the project's code.
+IMAGE_APP_DIR = "/home/ray/app"
 CLUSTER_HTTP_HOST = "0.0.0.0"  # noqa: S104  # nosec B104
 NODE_TYPES_ENV = (
     "RAYVISION_AUTOSCALER_NODE_TYPES"  # read by app/tune/plan.py (no torch import here)
@@ -88,7 +90,7 @@ def load_serve_config(path: Path) -> tuple[dict[str, Any], list[str]]:
             del runtime_env["working_dir"]
             notes.append(
                 f"Removed applications[{app.get('name')}].runtime_env.working_dir "
-                f"{working_dir!r}: on the cluster the image carries the code (/home/ray/app)."
+                f"{working_dir!r}: on the cluster the image carries the code ({IMAGE_APP_DIR})."
             )
     http_options = config.setdefault("http_options", {})
     if http_options.get("host") != CLUSTER_HTTP_HOST:
@@ -118,7 +120,10 @@ def _serving_cluster(spec: dict[str, Any], model_name: str) -> dict[str, Any]:
     the pipelines register (MODEL_NAME overrides the Serve config's)."""
     spec = copy.deepcopy(spec)
     env = [{"name": "MODEL_NAME", "value": model_name}]
-    env += [{"name": name, "value": value} for name, value in HIGH_THROUGHPUT_ENV.items()]
+    front = front_haproxy_env(f"{IMAGE_APP_DIR}/{FRONT_HAPROXY.relative_to(REPO)}")
+    env += [
+        {"name": name, "value": value} for name, value in {**HIGH_THROUGHPUT_ENV, **front}.items()
+    ]
     for pod in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
         for container in pod["template"]["spec"]["containers"]:
             container.setdefault("env", []).extend(env)

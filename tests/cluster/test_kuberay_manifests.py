@@ -4,6 +4,8 @@ own schemas, generated files in sync with their sources, and the platform's poli
 from __future__ import annotations
 
 import copy
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from serve.throughput import HIGH_THROUGHPUT_ENV
+from serve.throughput import FRONT_HAPROXY, HIGH_THROUGHPUT_ENV
 from tests.cluster.clusterlib import (
     EXAMPLE_VARS,
     KUBERAY,
@@ -167,6 +169,17 @@ def test_generator_fails_clearly_without_a_serve_config(tmp_path: Path) -> None:
     assert "none.yaml not found" in run.stderr
 
 
+def _image_path(path: Path) -> str:
+    """Where the Ray image (cluster/docker/Dockerfile) has a file of this checkout: under its
+    WORKDIR, when a COPY line copies the file's top folder there."""
+    dockerfile = (REPO / "cluster" / "docker" / "Dockerfile").read_text()
+    (workdir,) = re.findall(r"^WORKDIR (\S+)$", dockerfile, re.MULTILINE)
+    top = path.relative_to(REPO).parts[0]
+    assert re.search(rf"^COPY .* {top}/ {top}/$", dockerfile, re.MULTILINE), f"{top}/ not copied"
+    assert os.access(path, os.X_OK), f"{path} is not executable"
+    return f"{workdir}/{path.relative_to(REPO)}"
+
+
 def test_rayservice_cluster_is_the_raycluster_sized_for_cpu_serving() -> None:
     (service,) = _docs("rayservice.yaml")
     serving = service["spec"]["rayClusterConfig"]
@@ -181,9 +194,12 @@ def test_rayservice_cluster_is_the_raycluster_sized_for_cpu_serving() -> None:
         if "--register-as" in job["entrypoint"]
     }
     head = copy.deepcopy(serving["headGroupSpec"])
-    # Every serving pod serves the registered model, in Ray's high-throughput Serve mode.
+    # Every serving pod serves the registered model, in Ray's high-throughput Serve mode, with
+    # HAProxy behind the project's front wrapper as the image has it.
+    front = _image_path(FRONT_HAPROXY)
     added = [{"name": "MODEL_NAME", "value": registered}]
     added += [{"name": k, "value": v} for k, v in HIGH_THROUGHPUT_ENV.items()]
+    added += [{"name": "RAY_SERVE_HAPROXY_BINARY_PATH", "value": front}]
     for pod in (head, cpu):
         env = pod["template"]["spec"]["containers"][0]["env"]
         assert all(variable in env for variable in added), env

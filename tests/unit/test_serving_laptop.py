@@ -1,30 +1,37 @@
 """A laptop's cluster keeps Serve private: HAProxy's files in a folder of this user's alone (made
 here, refused when someone else could have prepared it), its stats page and metrics on
-127.0.0.1 (serve/haproxy-loopback.sh, checked with the HAProxy that ray[serve] bundles on the
-config Ray 2.60 renders). No Ray cluster: HAProxy runs on its own."""
+127.0.0.1 (serve/haproxy-front.sh, checked with the HAProxy that ray[serve] bundles on the
+config Ray 2.60 renders). On every cluster, the same wrapper drops Serve's client-settable control
+headers and cuts off clients that trickle their headers. No Ray cluster: HAProxy runs on its own
+in front of a small HTTP server that records what reaches it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
-from ray.serve._private.haproxy import HAProxyApi, HAProxyConfig
+import requests
+from ray.serve._private.haproxy import BackendConfig, HAProxyApi, HAProxyConfig, ServerConfig
 from ray.serve.config import HTTPOptions
 
 from serve.laptop_env import (
-    LOOPBACK_HAPROXY,
     LaptopEnvError,
     laptop_haproxy_env,
     main,
     private_folder,
 )
+from serve.throughput import FRONT_HAPROXY
 from tests.support import http_ok, stop_process_group, wait_for
 
 LOOPBACK = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it
@@ -90,15 +97,16 @@ def test_the_environment_puts_every_haproxy_file_in_the_folder(short_tmp: Path) 
     env = laptop_haproxy_env(folder, {})
     assert mode(folder) == 0o700
     paths = {k: v for k, v in env.items() if k.endswith(("_LOC", "_PATH", "_BASE", "_FILE"))}
-    assert paths.pop("RAY_SERVE_HAPROXY_BINARY_PATH") == str(LOOPBACK_HAPROXY)
+    assert paths.pop("RAY_SERVE_HAPROXY_BINARY_PATH") == str(FRONT_HAPROXY)
     assert len(paths) == 5 and all(Path(p).is_relative_to(folder) for p in paths.values())
     assert (env["RAY_SERVE_HAPROXY_STATS_PORT"], env["RAY_SERVE_HAPROXY_METRICS_PORT"]) == (
         "8404",
         "9101",
     )
     assert os.access(env["RAYVISION_HAPROXY_BINARY"], os.X_OK)
-    with pytest.raises(LaptopEnvError, match="names the loopback wrapper"):
-        laptop_haproxy_env(folder, {"RAYVISION_HAPROXY_BINARY": str(LOOPBACK_HAPROXY)})
+    assert env["RAYVISION_HAPROXY_LOOPBACK"] == "1"
+    with pytest.raises(LaptopEnvError, match="names the front wrapper"):
+        laptop_haproxy_env(folder, {"RAYVISION_HAPROXY_BINARY": str(FRONT_HAPROXY)})
 
 
 def test_the_command_prints_exports_or_a_clear_error(
@@ -138,10 +146,19 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
-def ray_haproxy_config(folder: Path, stats: int, metrics: int) -> Path:
-    """The config Ray 2.60's HAProxy manager writes for a laptop's Serve (127.0.0.1)."""
+def ray_haproxy_config(
+    folder: Path, stats: int, metrics: int, port: int = 0, backend: int = 0
+) -> Path:
+    """The config Ray 2.60's HAProxy manager writes for a laptop's Serve (127.0.0.1) on ``port``,
+    with one application at ``/`` whose replica listens on ``backend`` (none when 0)."""
+    backends = {}
+    if backend:
+        server = ServerConfig(name="replica", host="127.0.0.1", port=backend)
+        backends["app"] = BackendConfig(
+            name="app", path_prefix="/", app_name="app", servers=[server]
+        )
     config = HAProxyConfig(
-        http_options=HTTPOptions(host="127.0.0.1", port=free_port()),
+        http_options=HTTPOptions(host="127.0.0.1", port=port or free_port()),
         stats_port=stats,
         metrics_port=metrics,
         socket_path=str(folder / "admin.sock"),
@@ -149,7 +166,9 @@ def ray_haproxy_config(folder: Path, stats: int, metrics: int) -> Path:
         server_state_file=str(folder / "server-state"),
         metrics_socket_path=str(folder / "metrics.sock"),
     )
-    api = HAProxyApi(cfg=config, config_file_path=str(folder / "haproxy.cfg"))
+    api = HAProxyApi(
+        cfg=config, config_file_path=str(folder / "haproxy.cfg"), backend_configs=backends
+    )
     api._generate_config_file_internal()
     return folder / "haproxy.cfg"
 
@@ -186,10 +205,111 @@ def test_haproxy_serves_stats_and_metrics_on_loopback_only(short_tmp: Path) -> N
 def test_without_a_config_the_wrapper_runs_haproxy_unchanged(short_tmp: Path) -> None:
     env = laptop_haproxy_env(short_tmp / "hp", {})
     run = subprocess.run(
-        [str(LOOPBACK_HAPROXY), "-v"],
+        [str(FRONT_HAPROXY), "-v"],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
         check=True,
     )
     assert run.stdout.startswith("HAProxy version")
+
+
+class RecordingReplica(BaseHTTPRequestHandler):
+    """A stand-in for an ingress replica's HTTP server: answers 200 and records the headers of
+    every request but Ray's health checks."""
+
+    seen: ClassVar[list[dict[str, str]]] = []
+
+    def do_GET(self) -> None:
+        if self.path != "/-/healthz":
+            self.seen.append({k.lower(): v for k, v in self.headers.items()})
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        """Quiet."""
+
+
+@contextlib.contextmanager
+def front_haproxy(short_tmp: Path, replica_port: int) -> Iterator[int]:
+    """HAProxy through the front wrapper (a cluster's: no loopback edits) on Ray's config for
+    one application whose replica listens on ``replica_port``; yields HAProxy's port once it
+    answers."""
+    folder = private_folder(short_tmp / "hp")
+    port = free_port()
+    config = ray_haproxy_config(folder, free_port(), free_port(), port, replica_port)
+    env = {
+        **os.environ,
+        "RAYVISION_PYTHON": sys.executable,
+        "RAYVISION_HAPROXY_TIMEOUT_HTTP_REQUEST_S": "1",
+    }
+    env.pop("RAYVISION_HAPROXY_BINARY", None)  # found as on the cluster: ray[serve]'s own
+    haproxy = subprocess.Popen(
+        [str(FRONT_HAPROXY), "-db", "-f", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/x"), 30, "HAProxy")
+        yield port
+    finally:
+        stop_process_group(haproxy)
+
+
+def answers(url: str) -> bool:
+    try:
+        requests.get(url, timeout=2)
+    except requests.RequestException:
+        return False
+    return True
+
+
+@pytest.fixture
+def front(short_tmp: Path) -> Iterator[int]:
+    """``front_haproxy`` in front of a ``RecordingReplica``, once HAProxy reaches it."""
+    replica = ThreadingHTTPServer(("127.0.0.1", 0), RecordingReplica)
+    RecordingReplica.seen = []
+    threading.Thread(target=replica.serve_forever, daemon=True).start()
+    try:
+        with front_haproxy(short_tmp, replica.server_port) as port:
+            wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/x"), 30, "the replica")
+            yield port
+    finally:
+        replica.shutdown()
+
+
+def test_the_front_drops_the_headers_that_turn_serves_timeouts_off(front: int) -> None:
+    sent = {
+        "x-request-timeout-seconds": "0",  # Ray: "disable the timeout"
+        "x-request-disconnect-disabled": "?1",  # Ray: keep running after the client left
+        "x-request-id": "kept",
+    }
+    assert requests.get(f"http://127.0.0.1:{front}/predict", headers=sent, timeout=10).ok
+    reached = RecordingReplica.seen[-1]
+    assert reached["x-request-id"] == "kept"
+    assert "x-request-timeout-seconds" not in reached
+    assert "x-request-disconnect-disabled" not in reached
+
+
+def test_the_front_cuts_off_a_client_that_trickles_its_headers(front: int) -> None:
+    with socket.create_connection(("127.0.0.1", front), timeout=30) as client:
+        client.sendall(b"GET /predict HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        answer = client.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+    assert all(seen.get("host") != "x" for seen in RecordingReplica.seen)
+
+
+def test_the_front_answers_503_with_retry_after_when_no_replica_can(short_tmp: Path) -> None:
+    with front_haproxy(short_tmp, free_port()) as port:  # nothing listens on the replica's port
+        response = requests.get(f"http://127.0.0.1:{port}/predict", timeout=10)
+    assert response.status_code == 503, response.text  # Ray's config: 500
+    assert response.headers["Retry-After"] == "1"
+    assert response.json() == {
+        "error": "unavailable",
+        "status": 503,
+        "detail": "no replica could answer; retry shortly",
+    }
