@@ -229,6 +229,8 @@ def _runtime_env(cluster_spec: dict[str, Any]) -> str:
 # had finished registers nothing new.
 _SLOT_FORMATS = (("minute", "%Y%m%dT%H%M"), ("hour", "%Y%m%dT%H"), ("day", "%Y%m%d"))
 RESUMABLE_ENTRYPOINTS = ("python jobs/train.py", "python jobs/tune.py")
+# The time zone KubeRay 1.6.2 reads the schedules in: the operator's (its image has no other).
+SCHEDULE_TIME_ZONE = "Etc/UTC"
 
 
 def slot_format(schedule: str) -> str:
@@ -245,25 +247,46 @@ def slot_format(schedule: str) -> str:
     return _SLOT_FORMATS[2][1]
 
 
-def scheduled_entrypoint(name: str, schedule: str, time_zone: str, entrypoint: str) -> str:
+def scheduled_entrypoint(name: str, schedule: str, entrypoint: str) -> str:
     """The job's entrypoint with ``--run-name NAME-SLOT``, the slot expanded by the submitter
-    pod's shell when KubeRay submits it."""
+    pod's shell when KubeRay submits it, in the schedules' time zone."""
     if not entrypoint.startswith(RESUMABLE_ENTRYPOINTS) or "--run-name" in entrypoint:
         return entrypoint
-    return f"{entrypoint} --run-name {name}-$(TZ={time_zone} date +{slot_format(schedule)})"
+    slot = f"$(TZ={SCHEDULE_TIME_ZONE} date +{slot_format(schedule)})"
+    return f"{entrypoint} --run-name {name}-{slot}"
 
 
-def rayjob_spec(job: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
+def deletion_rules(job: dict[str, Any], finished_job_ttl_s: int) -> list[dict[str, Any]]:
+    """KubeRay's deletionRules: the RayJob itself ``finished_job_ttl_s`` after it ends however it
+    ends, and a job's own cluster ``clusterTtlSecondsAfterFinished`` after. (The rules replace
+    shutdownAfterJobFinishes and ttlSecondsAfterFinished, which KubeRay refuses beside them.)"""
+    policies = [("DeleteSelf", finished_job_ttl_s)]
+    if job["cluster"] == "own":
+        cluster_ttl = job["clusterTtlSecondsAfterFinished"]
+        if cluster_ttl > finished_job_ttl_s:  # KubeRay's order: the cluster goes first
+            raise SystemExit("pipelines.yaml: a job's cluster cannot outlive the job")
+        policies.insert(0, ("DeleteCluster", cluster_ttl))
+    ends = [{"jobStatus": "SUCCEEDED"}, {"jobStatus": "FAILED"}]
+    ends.append({"jobDeploymentStatus": "Failed"})  # never ran: deadline passed, submitter failed
+    return [
+        {"condition": {**end, "ttlSeconds": ttl}, "policy": policy}
+        for end in ends
+        for policy, ttl in policies
+    ]
+
+
+def rayjob_spec(
+    job: dict[str, Any], cluster: dict[str, Any], finished_job_ttl_s: int
+) -> dict[str, Any]:
     spec: dict[str, Any] = {"entrypoint": job["entrypoint"]}
     spec["runtimeEnvYAML"] = _runtime_env(cluster["spec"])
     if job["cluster"] == "shared":
         spec["clusterSelector"] = {"ray.io/cluster": cluster["metadata"]["name"]}
     elif job["cluster"] == "own":
         spec["rayClusterSpec"] = copy.deepcopy(cluster["spec"])
-        spec["shutdownAfterJobFinishes"] = True
-        spec["ttlSecondsAfterFinished"] = job["ttlSecondsAfterFinished"]
     else:
         raise SystemExit(f"pipelines.yaml: cluster must be 'shared' or 'own', not {job['cluster']}")
+    spec["deletionStrategy"] = {"deletionRules": deletion_rules(job, finished_job_ttl_s)}
     spec["activeDeadlineSeconds"] = job["activeDeadlineSeconds"]
     spec["backoffLimit"] = job.get("backoffLimit", 0)
     spec["submitterPodTemplate"] = _submitter(cluster["spec"])
@@ -298,7 +321,7 @@ def generate(serve_config_path: Path) -> dict[str, str]:
             "apiVersion": "ray.io/v1",
             "kind": "RayJob",
             "metadata": _metadata(name, namespace, "ray-job"),
-            "spec": rayjob_spec(job, cluster),
+            "spec": rayjob_spec(job, cluster, pipelines["finishedJobTtlSeconds"]),
         }
         files[f"rayjob-{name}.yaml"] = job_header + _dump(doc)
     for name, schedule in pipelines["schedules"].items():
@@ -308,18 +331,17 @@ def generate(serve_config_path: Path) -> dict[str, str]:
             "metadata": _metadata(name, namespace, "ray-cronjob"),
             "spec": {
                 "schedule": schedule["schedule"],
-                "timeZone": pipelines["timeZone"],
                 "jobTemplate": rayjob_spec(
                     {
                         **pipelines["jobs"][schedule["job"]],
                         "entrypoint": scheduled_entrypoint(
                             name,
                             schedule["schedule"],
-                            pipelines["timeZone"],
                             pipelines["jobs"][schedule["job"]]["entrypoint"],
                         ),
                     },
                     cluster,
+                    pipelines["finishedJobTtlSeconds"],
                 ),
             },
         }

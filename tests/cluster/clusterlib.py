@@ -17,6 +17,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 KUBERAY = CLUSTER / "kuberay"
+# The pinned operator's CRDs, vendored (crds/README.md says from where).
+CRDS = KUBERAY / "crds"
 CHART = CLUSTER / "charts" / "mlflow"
 TERRAFORM = CLUSTER / "terraform" / "aws-eks"
 SETUP = CLUSTER / "scripts" / "setup"
@@ -29,14 +31,6 @@ EXAMPLE_VARS = {
     "RAYVISION_SERVE_HOST": "inference.example.com",
     "RAYVISION_CERT_ARN": "arn:aws:acm:eu-west-1:123456789012:certificate/0000-1111",
 }
-
-
-def shared_dir() -> Path:
-    """shared/ sits inside the working tree in a session and beside the repository in CI."""
-    for candidate in (REPO / "shared", REPO.parent / "shared"):
-        if (candidate / "schemas" / "kuberay").is_dir():
-            return candidate
-    raise FileNotFoundError(f"no shared/schemas/kuberay in {REPO} or beside it")
 
 
 @functools.cache
@@ -81,9 +75,7 @@ def _close_objects(schema: Any) -> Any:
 @functools.cache
 def crd_validator(kind: str) -> jsonschema.Draft7Validator:
     plural = f"{kind.lower()}s"
-    crd = yaml.safe_load(
-        (shared_dir() / "schemas" / "kuberay" / f"ray.io_{plural}.yaml").read_text()
-    )
+    crd = yaml.safe_load((CRDS / f"ray.io_{plural}.yaml").read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     return jsonschema.Draft7Validator(_close_objects(version["schema"]["openAPIV3Schema"]))
 

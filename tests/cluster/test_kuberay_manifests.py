@@ -19,6 +19,7 @@ import yaml
 
 from serve.throughput import FRONT_HAPROXY, HIGH_THROUGHPUT_ENV
 from tests.cluster.clusterlib import (
+    CRDS,
     EXAMPLE_VARS,
     KUBERAY,
     REPO,
@@ -35,8 +36,11 @@ RAY_KINDS = {"RayCluster", "RayJob", "RayService", "RayCronJob"}
 # Kubernetes objects; not the kustomize files, the JSON patch, the pipelines or the operator's
 # Helm values.
 NOT_OBJECTS = {"kustomization.yaml", "gcs-ft-patch.yaml", "pipelines.yaml", "operator-values.yaml"}
-MANIFESTS = sorted(p for p in KUBERAY.rglob("*.yaml") if p.name not in NOT_OBJECTS)
+MANIFESTS = sorted(
+    p for p in KUBERAY.rglob("*.yaml") if p.name not in NOT_OBJECTS and CRDS not in p.parents
+)
 RAYCLUSTER = load_yaml(KUBERAY / "raycluster" / "raycluster.yaml")
+SETUP_LIB = (REPO / "cluster" / "scripts" / "setup" / "lib.sh").read_text()
 
 
 def _docs(name: str) -> list[dict[str, Any]]:
@@ -58,6 +62,16 @@ def test_manifest_is_valid(path: Path) -> None:
             assert crd_errors(doc) == [], f"{path.name}: {doc['kind']} does not match its CRD"
         else:
             kubernetes_validate.validate(doc, kube_version(), strict=True)
+
+
+def test_the_vendored_crds_are_the_pinned_operators() -> None:
+    pinned = re.search(r'^KUBERAY_VERSION="\$\{KUBERAY_VERSION:-(\S+)\}"$', SETUP_LIB, re.M)
+    assert pinned, "KUBERAY_VERSION not found in lib.sh"
+    (vendored,) = re.findall(r"^- Version: v(\S+) ", (CRDS / "README.md").read_text(), re.M)
+    assert vendored == pinned[1]
+    assert {p.name for p in CRDS.glob("*.yaml")} == {
+        f"ray.io_{kind.lower()}s.yaml" for kind in RAY_KINDS
+    }
 
 
 def test_every_ray_kind_has_a_manifest() -> None:
@@ -256,14 +270,50 @@ def test_jobs_on_the_shared_cluster_select_it() -> None:
         assert spec["activeDeadlineSeconds"] > 0
 
 
+def _deletions(spec: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """A RayJob's deletionRules as {end: {policy: ttl}}, refused where KubeRay 1.6.2's admission
+    (ray-operator/controllers/ray/utils/validation.go, validateDeletionRules) refuses them."""
+    assert "shutdownAfterJobFinishes" not in spec and "ttlSecondsAfterFinished" not in spec, (
+        "KubeRay refuses these beside deletionRules"
+    )
+    found: dict[str, dict[str, int]] = {}
+    for rule in spec["deletionStrategy"]["deletionRules"]:
+        condition = dict(rule["condition"])
+        ttl = condition.pop("ttlSeconds")
+        ((kind, end),) = condition.items()  # exactly one of jobStatus, jobDeploymentStatus
+        policies = found.setdefault(f"{kind}={end}", {})
+        assert rule["policy"] not in policies, f"duplicate rule for {kind}={end}"
+        policies[rule["policy"]] = ttl
+        if "clusterSelector" in spec:
+            assert rule["policy"] not in ("DeleteCluster", "DeleteWorkers")
+    for end, policies in found.items():
+        order = [
+            policies[p] for p in ("DeleteWorkers", "DeleteCluster", "DeleteSelf") if p in policies
+        ]
+        assert order == sorted(order), f"{end}: workers, then cluster, then the job itself"
+    return found
+
+
 def test_tune_job_brings_its_own_cluster_and_removes_it() -> None:
     spec = _rayjob("tune")["spec"]
     assert "clusterSelector" not in spec
-    assert spec["shutdownAfterJobFinishes"] is True
-    assert spec["ttlSecondsAfterFinished"] > 0
     assert spec["activeDeadlineSeconds"] > 0
     cluster_spec = render_manifest(KUBERAY / "raycluster" / "raycluster.yaml")[0]["spec"]
     assert spec["rayClusterSpec"] == cluster_spec
+    for policies in _deletions(spec).values():
+        assert 0 < policies["DeleteCluster"] < policies["DeleteSelf"]
+
+
+def test_finished_jobs_are_deleted_however_they_end() -> None:
+    """The schedules create a RayJob a day: each is deleted after it ends, successful, failed,
+    or never run, instead of piling up."""
+    ends = {"jobStatus=SUCCEEDED", "jobStatus=FAILED", "jobDeploymentStatus=Failed"}
+    for path in sorted(KUBERAY.glob("ray*job-*.yaml")):
+        (doc,) = render_manifest(path)
+        spec = doc["spec"].get("jobTemplate", doc["spec"])
+        deletions = _deletions(spec)
+        assert set(deletions) == ends, path.name
+        assert all(policies["DeleteSelf"] > 0 for policies in deletions.values()), path.name
 
 
 def test_job_submitters_carry_the_token_and_the_config() -> None:
