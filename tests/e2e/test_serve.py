@@ -6,7 +6,10 @@ The module deploys once; the tests share it in file order and the alias/pin swap
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -18,10 +21,13 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+import schemathesis
 import torch
 import yaml
+from hypothesis import HealthCheck, given, settings
 from mlflow.tracking import MlflowClient
 from PIL import Image
+from schemathesis import GenerationMode
 
 from app import model_registry
 from app.datasets import dataset_info, load_splits
@@ -41,6 +47,8 @@ MAX_IMAGE_BYTES = 64 * 1024
 MAX_PIXELS = 1_000_000
 MAX_REQUEST_PIXELS = 3 * MAX_PIXELS
 MAX_BATCH_IMAGES = 8
+# Requests schemathesis sends to each operation, per generation mode.
+FUZZ_EXAMPLES = 40
 
 
 @dataclass
@@ -385,6 +393,95 @@ def test_bad_input_is_a_4xx_json_error_and_the_replica_stays_up(
     assert requests.get(f"{service.url}/model", timeout=10).json()["loaded_at"] == service.loaded_at
 
 
+@pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda mode: mode.value)
+def test_an_outside_client_fuzzing_the_published_openapi_gets_no_5xx(
+    service: Service, mode: GenerationMode
+) -> None:
+    """schemathesis reads the service's /openapi.json and sends what it describes (positive)
+    and what breaks it (negative: wrong types, missing bodies, out-of-range top_k) to every
+    operation, through HAProxy as a client would."""
+    schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/predict", "/predict/batch", "/model", "/health"}
+    answers: list[tuple[str, int]] = []
+    for operation in operations:
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(
+            max_examples=FUZZ_EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def send(case: schemathesis.Case) -> None:
+            response = case.call(timeout=30)
+            answers.append((f"{case.method} {case.path}", response.status_code))
+            assert response.status_code < 500, f"{case.method} {case.path}: {response.text[:300]}"
+
+        send()
+    assert len(answers) >= len(operations), answers
+    assert requests.get(f"{service.url}/model", timeout=10).json()["loaded_at"] == service.loaded_at
+
+
+TRICKLERS = 150  # more than the ingress's max_ongoing_requests (128)
+
+
+def test_trickling_uploads_are_cut_off_and_do_not_starve_normal_clients(
+    service: Service, registered: Registered
+) -> None:
+    """150 connections that send a /predict's headers, then a byte of its body now and then:
+    each is cut off (408, or closed) once it falls behind the ingress's minimum body rate, and
+    meanwhile a normal client's every request is answered."""
+    port = int(service.url.rsplit(":", 1)[1])
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Length: 60000\r\n\r\n\x89PNG"
+    )
+    tricklers = []
+    for _ in range(TRICKLERS):
+        connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+        connection.sendall(head)
+        connection.setblocking(False)
+        tricklers.append(connection)
+    ended: dict[socket.socket, bytes] = {}
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(0.5) and len(ended) < len(tricklers):
+            for connection in tricklers:
+                if connection in ended:
+                    continue
+                try:
+                    ended[connection] = connection.recv(4096)  # b"": closed, no answer
+                    continue
+                except BlockingIOError:
+                    pass  # nothing yet: the next byte
+                except OSError:
+                    ended[connection] = b""
+                    continue
+                with contextlib.suppress(OSError):  # closed meanwhile: recv says so next
+                    connection.send(b"\x00")
+
+    pacer = threading.Thread(target=trickle, daemon=True)
+    pacer.start()
+    try:
+        statuses = [
+            requests.post(f"{service.url}/predict", data=png, timeout=60).status_code
+            for png in registered.pngs[:20]
+        ]
+        wait_for(lambda: len(ended) == len(tricklers), 120, "every trickling upload cut off")
+    finally:
+        stop.set()
+        pacer.join()
+        for connection in tricklers:
+            connection.close()
+    assert statuses == [200] * 20
+    answers = {a.split(b"\r\n", 1)[0] for a in ended.values()}
+    assert answers <= {b"HTTP/1.1 408 Request Timeout", b""}, answers
+    assert b"HTTP/1.1 408 Request Timeout" in answers
+    assert requests.get(f"{service.url}/model", timeout=10).json()["loaded_at"] == service.loaded_at
+
+
 # ---------------------------------------------------------------------------------------------
 # Zero-downtime swaps (last: they change what is served)
 
@@ -549,6 +646,46 @@ def test_classifier_scales_out_under_load_with_zero_failed_requests(
         for thread in threads:
             thread.join(60)
     assert [failure for client in clients for failure in client.failures] == []
+
+
+def test_a_classifier_replica_killed_under_load_gives_only_200_and_503(
+    service: Service, registered: Registered
+) -> None:
+    """A Classifier replica's process killed (SIGKILL, as the OOM killer or a lost node does)
+    while 16 clients post: the requests it held are 503 with Retry-After, never 500; the rest
+    are answered, and Serve replaces the replica."""
+
+    def replicas() -> list[dict[str, Any]]:
+        found = serve_application(service).get("deployments", {}).get("Classifier", {})
+        return [r for r in found.get("replicas", []) if r["state"] == "RUNNING"]
+
+    wait_for(lambda: len(replicas()) == 2, 180, "two Classifier replicas (the scale-out's)")
+    clients = [SteadyClient(service.url, registered.pngs[0]) for _ in range(16)]
+    threads = [threading.Thread(target=client.run, daemon=True) for client in clients]
+    for thread in threads:
+        thread.start()
+
+    def answered() -> int:
+        return sum(len(client.versions) for client in clients)
+
+    try:
+        wait_for(lambda: answered() >= 50, 60, "answers under load")
+        (victim, *_) = replicas()
+        os.kill(victim["pid"], signal.SIGKILL)
+        before = answered()
+        wait_for(lambda: answered() >= before + 100, 120, "answers after the kill")
+        wait_for(
+            lambda: victim["replica_id"] not in {r["replica_id"] for r in replicas()},
+            60,
+            "Serve to notice the killed replica",
+        )
+    finally:
+        for client in clients:
+            client.stop.set()
+        for thread in threads:
+            thread.join(60)
+    failures = [failure for client in clients for failure in client.failures]
+    assert all(failure.startswith("503:") for failure in failures), failures
 
 
 def serving_with(service: Service, bounds: dict[str, int]) -> bool:
