@@ -4,13 +4,14 @@ clear messages for a missing tool or missing AWS credentials, and the manifest r
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.clusterlib import KUBERAY, REPO, SETUP
+from tests.cluster.clusterlib import KUBERAY, REPO, SETUP, kube_version
 
 SCRIPTS = sorted(SETUP.glob("0*.sh"))
 BASH = shutil.which("bash") or "/bin/bash"
@@ -186,3 +187,21 @@ def test_render_manifest_leaves_runtime_variables_alone() -> None:
     )
     assert "image: img:1" in run.stdout
     assert "$RAYVISION_STORAGE_PATH/train" in run.stdout
+
+
+def test_every_chart_is_installed_at_a_pinned_version(stub_path: Path) -> None:
+    """An unpinned `helm upgrade --install` takes whatever the chart repository has that day."""
+    run = _run(SETUP / "02-cluster.sh", stub_path, "--dry-run", AWS_REGION="eu-west-1")
+    installs = [line for line in run.stderr.splitlines() if "helm upgrade --install" in line]
+    assert len(installs) >= 5
+    for line in installs:
+        assert re.search(r" --version \d+\.\d+\.\d+( |$)", line), line
+
+
+def test_the_cluster_autoscaler_is_the_clusters_kubernetes_minor() -> None:
+    (app,) = re.findall(
+        r"^CLUSTER_AUTOSCALER_CHART_VERSION=\S+ +# cluster-autoscaler (\d+\.\d+)\.",
+        (SETUP / "lib.sh").read_text(),
+        re.M,
+    )
+    assert app == kube_version()

@@ -4,6 +4,7 @@ database and bucket are the ones the platform relies on."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -131,7 +132,7 @@ def test_gpu_node_group_matches_the_ray_gpu_worker_group() -> None:
     assert group["min_size"] == ray_gpu["minReplicas"]
     assert _variable_default(group["max_size"]) == ray_gpu["maxReplicas"]
     selected = {k: v for k, v in pod["nodeSelector"].items() if k.startswith("rayvision.io/")}
-    assert selected == group["labels"]
+    assert selected == {k: v for k, v in group["labels"].items() if k.startswith("rayvision.io/")}
     taints = {(t["key"], t["value"], "NoSchedule") for t in group["taints"]}
     assert all(t["effect"] == "NO_SCHEDULE" for t in group["taints"])
     tolerated = {(t["key"], t["value"], t["effect"]) for t in pod["tolerations"]}
@@ -219,3 +220,55 @@ def test_image_versions_agree_with_the_installed_ray() -> None:
     cluster = load_yaml(KUBERAY / "raycluster" / "raycluster.yaml")
     assert cluster["spec"]["rayVersion"] == ray.__version__
     assert "requirements.lock" in dockerfile
+
+
+def _matches(term: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A nodeSelectorTerm's matchExpressions (In, Exists) against a node's labels."""
+    for expression in term["matchExpressions"]:
+        value = labels.get(expression["key"])
+        if expression["operator"] == "In" and value not in expression["values"]:
+            return False
+        if expression["operator"] == "Exists" and value is None:
+            return False
+        assert expression["operator"] in ("In", "Exists"), expression
+    return True
+
+
+def test_the_nvidia_device_plugin_can_run_on_the_gpu_nodes() -> None:
+    """Its chart's default affinity (vendored at the pinned version) and the nodeSelector
+    02-cluster.sh adds, both against the labels the GPU node group gives its nodes: without a
+    match, the DaemonSet runs nowhere and no pod ever sees a GPU."""
+    affinity = load_yaml(CLUSTER / "addons" / "nvidia-device-plugin-affinity.yaml")["affinity"]
+    terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    labels = _node_groups()["gpu-spot"]["labels"]
+    assert any(_matches(term, labels) for term in terms["nodeSelectorTerms"]), labels
+    script = (CLUSTER / "scripts" / "setup" / "02-cluster.sh").read_text()
+    plugin = script[script.index("nvidia-device-plugin nvdp/") :].split("\nrun ", 1)[0]
+    selector = dict(re.findall(r'nodeSelector\.([\w\\.]+/\w+)=([\w-]+)"', plugin))
+    assert {k.replace("\\.", "."): v for k, v in selector.items()}.items() <= labels.items()
+
+
+def test_the_load_balancer_controller_has_its_pinned_versions_own_policy() -> None:
+    """The IAM policy of the controller's role is the upstream file of the pinned controller,
+    byte for byte as vendored (its digest is recorded beside it)."""
+    (irsa,) = [e["irsa"] for e in load_hcl(TERRAFORM / "iam.tf")["locals"] if "irsa" in e]
+    vendored = CLUSTER / "addons" / "aws-load-balancer-controller-iam-policy.json"
+    policy = irsa["aws-load-balancer-controller"]["policy"]
+    relative = os.path.relpath(vendored, TERRAFORM)
+    assert policy == f'${{jsonencode(jsondecode(file("${{path.module}}/{relative}")))}}'
+    readme = (CLUSTER / "addons" / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith(f"| `{vendored.name}`"))
+    assert hashlib.sha256(vendored.read_bytes()).hexdigest() in row
+    pinned = (CLUSTER / "scripts" / "setup" / "lib.sh").read_text()
+    (version,) = re.findall(
+        r"^AWS_LB_CONTROLLER_CHART_VERSION=\S+ +# aws-load-balancer-controller (v\S+)", pinned, re.M
+    )
+    assert f"| {version} (commit" in row
+    # What the narrower hand-written policy could not do: open the cluster's security group.
+    statements = json.loads(vendored.read_text())["Statement"]
+    assert any(
+        "ec2:AuthorizeSecurityGroupIngress" in st["Action"]
+        and st["Resource"] == "*"
+        and "Condition" not in st
+        for st in statements
+    )

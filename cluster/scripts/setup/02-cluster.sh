@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # 02: the Kubernetes side of the cluster created by 01: kubeconfig, the add-ons (AWS Load Balancer
-# Controller, cluster autoscaler, NVIDIA device plugin, KubeRay operator), the Ray image in ECR,
+# Controller, cluster autoscaler, NVIDIA device plugin, metrics-server, KubeRay operator; each at
+# the chart version lib.sh pins), the Ray image in ECR,
 # the rayvision namespace with its config and secrets, and the Ray workloads: the long-lived
 # RayCluster, the RayService with its HTTPS ingress, and the scheduled RayCronJobs.
 # Idempotent: helm upgrade --install, kubectl apply, secrets kept across reruns, images built once
@@ -25,28 +26,35 @@ run helm repo add eks https://aws.github.io/eks-charts --force-update
 run helm repo add autoscaler https://kubernetes.github.io/autoscaler --force-update
 run helm repo add nvdp https://nvidia.github.io/k8s-device-plugin --force-update
 run helm repo add kuberay https://ray-project.github.io/kuberay-helm/ --force-update
+run helm repo add metrics-server https://kubernetes-sigs.github.io/metrics-server/ --force-update
 run helm repo update
 lb_role="$(tf_map_output irsa_role_arns aws-load-balancer-controller)"
 autoscaler_role="$(tf_map_output irsa_role_arns cluster-autoscaler)"
 run helm upgrade --install aws-load-balancer-controller eks/aws-load-balancer-controller \
-  --namespace kube-system --wait \
+  --namespace kube-system --wait --version "${AWS_LB_CONTROLLER_CHART_VERSION}" \
   --set clusterName="${cluster}" --set region="${AWS_REGION}" --set vpcId="${vpc_id}" \
   --set serviceAccount.name=aws-load-balancer-controller \
   --set "serviceAccount.annotations.eks\.amazonaws\.com/role-arn=${lb_role}" \
   --set "nodeSelector.rayvision\.io/pool=system"
 # Removes an empty spot node a few minutes after its Ray pod left (default: 10 minutes).
 run helm upgrade --install cluster-autoscaler autoscaler/cluster-autoscaler \
-  --namespace kube-system --wait \
+  --namespace kube-system --wait --version "${CLUSTER_AUTOSCALER_CHART_VERSION}" \
   --set autoDiscovery.clusterName="${cluster}" --set awsRegion="${AWS_REGION}" \
   --set rbac.serviceAccount.name=cluster-autoscaler \
   --set "rbac.serviceAccount.annotations.eks\.amazonaws\.com/role-arn=${autoscaler_role}" \
   --set extraArgs.balance-similar-node-groups=true \
   --set extraArgs.scale-down-unneeded-time=3m \
   --set "nodeSelector.rayvision\.io/pool=system"
+# Its DaemonSet also needs one of the labels of its chart's default affinity
+# (cluster/addons/nvidia-device-plugin-affinity.yaml): the GPU node group sets nvidia.com/gpu.present.
 run helm upgrade --install nvidia-device-plugin nvdp/nvidia-device-plugin \
-  --namespace kube-system --wait \
+  --namespace kube-system --wait --version "${NVIDIA_DEVICE_PLUGIN_CHART_VERSION}" \
   --set-json 'tolerations=[{"operator":"Exists"}]' \
   --set "nodeSelector.rayvision\.io/pool=gpu-spot"
+# Resource metrics for the MLflow chart's HorizontalPodAutoscaler (EKS ships none).
+run helm upgrade --install metrics-server metrics-server/metrics-server \
+  --namespace kube-system --wait --version "${METRICS_SERVER_CHART_VERSION}" \
+  --set "nodeSelector.rayvision\.io/pool=system"
 run helm upgrade --install kuberay-operator kuberay/kuberay-operator \
   --namespace kuberay-system --create-namespace --wait --version "${KUBERAY_VERSION}" \
   --values "${KUBERAY_DIR}/operator-values.yaml"

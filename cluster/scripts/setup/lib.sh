@@ -12,7 +12,14 @@ KUBERAY_DIR="${REPO_ROOT}/cluster/kuberay"
 
 RAY_NAMESPACE="${RAY_NAMESPACE:-rayvision}"
 MLFLOW_NAMESPACE="${MLFLOW_NAMESPACE:-mlflow}"
+# The operator and add-on charts 02-cluster.sh installs, pinned; each chart's app in the comment
+# (cluster/addons/README.md: what is vendored from them). The KubeRay CRDs in
+# cluster/kuberay/crds/ are this version's.
 KUBERAY_VERSION="${KUBERAY_VERSION:-1.6.2}"
+AWS_LB_CONTROLLER_CHART_VERSION=3.5.0    # aws-load-balancer-controller v3.5.0 (eks-charts)
+CLUSTER_AUTOSCALER_CHART_VERSION=9.59.0  # cluster-autoscaler 1.35.0: its minor is the cluster's
+NVIDIA_DEVICE_PLUGIN_CHART_VERSION=0.20.0 # k8s-device-plugin v0.20.0
+METRICS_SERVER_CHART_VERSION=3.13.1      # metrics-server 0.8.1 (the MLflow HPA reads its metrics)
 
 # The only ${VAR}s that render_manifest fills in; any other $ in a manifest is left alone (the
 # job entrypoints expand $RAYVISION_* in the submitter pod).

@@ -32,7 +32,9 @@ locals {
       min_size       = 0
       max_size       = var.gpu_max_nodes
       disk_gb        = 150
-      labels         = { "rayvision.io/pool" = "gpu-spot" }
+      # nvidia.com/gpu.present: the NVIDIA device plugin's DaemonSet runs only on nodes labelled so
+      # (cluster/addons/nvidia-device-plugin-affinity.yaml); EKS node groups set no GPU label.
+      labels = { "rayvision.io/pool" = "gpu-spot", "nvidia.com/gpu.present" = "true" }
       taints = [
         { key = "rayvision.io/spot", value = "true", effect = "NO_SCHEDULE" },
         { key = "nvidia.com/gpu", value = "true", effect = "NO_SCHEDULE" },

@@ -17,7 +17,8 @@ locals {
     aws-load-balancer-controller = {
       namespace       = "kube-system"
       service_account = "aws-load-balancer-controller"
-      policy          = data.aws_iam_policy_document.load_balancer_controller.json
+      # The controller's own policy for its pinned version (cluster/addons/README.md says why).
+      policy = jsonencode(jsondecode(file("${path.module}/../../addons/aws-load-balancer-controller-iam-policy.json")))
     }
     cluster-autoscaler = {
       namespace       = "kube-system"
@@ -90,86 +91,6 @@ data "aws_iam_policy_document" "bucket_prefix" {
     sid       = "UseBucketKey"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [aws_kms_key.main.arn]
-  }
-}
-
-# The AWS Load Balancer Controller creates the ALB for the Ingresses. It may change only load
-# balancers, target groups and security groups tagged with this cluster's name.
-data "aws_iam_policy_document" "load_balancer_controller" {
-  # checkov:skip=CKV_AWS_356: Describe calls take no resource ARN; listener and rule ARNs are made by the controller at run time; other writes are scoped by the cluster tag
-  # checkov:skip=CKV_AWS_111: creates need Resource * with a request-tag condition; listener and rule changes cannot be scoped in advance
-  statement {
-    sid = "Describe"
-    actions = [
-      "ec2:Describe*", "ec2:GetSecurityGroupsForVpc", "elasticloadbalancing:Describe*",
-      "acm:ListCertificates", "acm:DescribeCertificate", "wafv2:GetWebACLForResource",
-      "shield:GetSubscriptionState",
-    ]
-    resources = ["*"]
-  }
-
-  statement {
-    sid       = "ServiceLinkedRole"
-    actions   = ["iam:CreateServiceLinkedRole"]
-    resources = ["*"]
-    condition {
-      test     = "StringEquals"
-      variable = "iam:AWSServiceName"
-      values   = ["elasticloadbalancing.amazonaws.com"]
-    }
-  }
-
-  statement {
-    sid       = "CreateTagged"
-    actions   = ["ec2:CreateSecurityGroup", "elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup"]
-    resources = ["*"]
-    condition {
-      test     = "StringEquals"
-      variable = "aws:RequestTag/elbv2.k8s.aws/cluster"
-      values   = [var.name]
-    }
-  }
-
-  statement {
-    sid       = "TagOnCreate"
-    actions   = ["ec2:CreateTags", "elasticloadbalancing:AddTags"]
-    resources = ["*"]
-    condition {
-      test     = "StringEquals"
-      variable = "aws:RequestTag/elbv2.k8s.aws/cluster"
-      values   = [var.name]
-    }
-  }
-
-  statement {
-    sid = "ChangeOwn"
-    actions = [
-      "ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress", "ec2:DeleteSecurityGroup",
-      "ec2:CreateTags", "ec2:DeleteTags",
-      "elasticloadbalancing:ModifyLoadBalancerAttributes", "elasticloadbalancing:SetIpAddressType",
-      "elasticloadbalancing:SetSecurityGroups", "elasticloadbalancing:SetSubnets",
-      "elasticloadbalancing:DeleteLoadBalancer", "elasticloadbalancing:ModifyTargetGroup",
-      "elasticloadbalancing:ModifyTargetGroupAttributes", "elasticloadbalancing:DeleteTargetGroup",
-      "elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets",
-      "elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags",
-    ]
-    resources = ["*"]
-    condition {
-      test     = "StringEquals"
-      variable = "aws:ResourceTag/elbv2.k8s.aws/cluster"
-      values   = [var.name]
-    }
-  }
-
-  statement {
-    sid = "Listeners"
-    actions = [
-      "elasticloadbalancing:CreateListener", "elasticloadbalancing:DeleteListener",
-      "elasticloadbalancing:ModifyListener", "elasticloadbalancing:AddListenerCertificates",
-      "elasticloadbalancing:RemoveListenerCertificates", "elasticloadbalancing:CreateRule",
-      "elasticloadbalancing:DeleteRule", "elasticloadbalancing:ModifyRule",
-    ]
-    resources = ["*"]
   }
 }
 
