@@ -216,6 +216,10 @@ def test_health_and_openapi(service: Service) -> None:
     health = requests.get(f"{service.url}/health", timeout=10)
     assert health.status_code == 200 and health.json()["model"]["version"] == "1"
     assert requests.get(f"{service.url}/docs", timeout=10).status_code == 200
+    # The load balancer's check on the cluster (serve-ingress.yaml): Serve's liveness route.
+    ingress = yaml.safe_load((REPO / "cluster" / "kuberay" / "serve-ingress.yaml").read_text())
+    liveness = ingress["metadata"]["annotations"]["alb.ingress.kubernetes.io/healthcheck-path"]
+    assert requests.get(f"{service.url}{liveness}", timeout=10).status_code == 200
     paths = requests.get(f"{service.url}/openapi.json", timeout=10).json()["paths"]
     assert {"/predict", "/predict/batch", "/model", "/health"} <= set(paths)
 
