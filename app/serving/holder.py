@@ -9,6 +9,10 @@ model refused at load, a warning for a registry that does not answer); clients s
 Each model loaded is kept on the node's disk (``LastModel``): a replica that starts while the
 registry is unreachable serves the last one loaded for its settings, ``degraded`` until the
 registry answers and confirms it or names another.
+
+A replica that starts before anything was promoted to the alias it follows (a first deploy)
+starts without a model, ``waiting``: it answers 503 and passes Serve's health check, and serves
+the first model the poller finds at the alias.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ import numpy as np
 import torch
 
 from app import tracking
+from app.serving.errors import UnavailableError
 from app.serving.last_model import LastModel
 from app.serving.served_model import ServedModel, Shape, UnservableModelError
 from app.serving.settings import ModelSettings
-from app.serving.source import resolve_source
+from app.serving.source import not_there_yet, resolve_source
 
 logger = logging.getLogger("ray.serve")
 
@@ -36,8 +41,8 @@ logger = logging.getLogger("ray.serve")
 ImageRequest = tuple[np.ndarray, int]
 
 
-class NoModelError(RuntimeError):
-    """Nothing is loaded yet: the replica cannot answer."""
+class NoModelError(UnavailableError):
+    """Nothing is loaded yet: the replica cannot answer (503, retry later)."""
 
 
 class HolderObserver(Protocol):
@@ -93,7 +98,8 @@ class ModelHolder:
 
     def model(self) -> ServedModel:
         if self._served is None:
-            raise NoModelError("no model loaded")
+            waiting = self.status() == "waiting"
+            raise NoModelError("no model is promoted yet" if waiting else "no model loaded")
         return self._served
 
     async def configure(self, settings: ModelSettings) -> None:
@@ -126,10 +132,15 @@ class ModelHolder:
 
     async def _first_load(self, settings: ModelSettings) -> None:
         """``follow``; when the registry is unreachable, the last model kept for these settings
-        instead, marked degraded. Nothing to serve raises (the replica does not start)."""
+        instead, marked degraded; when the alias has nothing yet, no model, waiting for it.
+        Otherwise nothing to serve raises (the replica does not start)."""
         try:
             await self.follow(settings)
         except Exception as exc:
+            if not_there_yet(settings, exc):
+                self._failed(exc)
+                logger.warning("nothing to serve yet, waiting for the alias: %s", self.last_error)
+                return
             if self._last_model is None or not tracking.is_outage(exc):
                 raise
             kept = await asyncio.to_thread(self._last_model.load, settings, self.device)
@@ -156,7 +167,8 @@ class ModelHolder:
             self._failed(exc)
             refused = isinstance(exc, UnservableModelError)
             level = logging.ERROR if refused else logging.WARNING
-            logger.log(level, "keeping the current model: %s", self.last_error)
+            kept = "keeping the current model" if self._served else "still no model to serve"
+            logger.log(level, "%s: %s", kept, self.last_error)
 
     def _failed(self, exc: Exception) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
@@ -201,12 +213,17 @@ class ModelHolder:
         return self.model().input_shape
 
     def check_health(self) -> None:
-        """Raises unless a model is loaded and passes its self-test."""
-        self.model().self_test()
+        """Raises unless a model is loaded and passes its self-test, or none is promoted yet
+        (a replica that has nothing to serve yet is replaced by one that has nothing either)."""
+        if self.status() != "waiting":
+            self.model().self_test()
 
     def status(self) -> str:
-        """``ready``, or ``degraded`` while switching to what the settings name fails (an
-        older model, or one that cannot be checked against the registry, keeps serving)."""
+        """``ready``; ``degraded`` while switching to what the settings name fails (an older
+        model, or one that cannot be checked against the registry, keeps serving); ``waiting``
+        with no model, until one is promoted to the alias."""
+        if self._served is None:
+            return "waiting"
         return "ready" if self.last_error is None else "degraded"
 
     def health(self) -> dict[str, Any]:

@@ -39,7 +39,7 @@ class BatchPrediction(BaseModel):
 
 # ready: serving what the settings name; degraded: switching to it failed and an older model
 # (or one the registry cannot confirm) keeps answering. Why is in the replica's log.
-Status = Literal["ready", "degraded"]
+Status = Literal["ready", "degraded", "waiting"]
 
 
 class ModelInfo(ModelIdentity):

@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from app import model_registry, tracking
 from app.datasets import load_splits
+from app.serving.errors import UnavailableError
 from app.serving.holder import ModelHolder, NoModelError, Unobserved
 from app.serving.schemas import ModelInfo
 from app.serving.served_model import UnservableModelError
@@ -183,15 +184,42 @@ def test_a_model_that_cannot_serve_is_refused_at_load_and_the_old_one_keeps_serv
     assert "models:/broken/3 cannot be served: in_channels is 2" in refusal.getMessage()
 
 
-def test_the_first_load_must_succeed(registry: Store) -> None:
+def test_a_first_load_of_a_pinned_model_that_is_not_there_fails(registry: Store) -> None:
     async def scenario(holder: ModelHolder) -> None:
         with pytest.raises(MlflowException):
-            await holder.configure(settings(model_alias="nobody"))
+            await holder.configure(settings(model_version=99))
         assert holder.served is None
         with pytest.raises(NoModelError):
             holder.health()
         with pytest.raises(NoModelError):
             await holder.predict([(np.zeros((1, 8, 8), np.uint8), 1)])
+
+    with_holder(scenario)
+
+
+@pytest.mark.parametrize("name", ["digits", "never-registered"])
+def test_a_replica_started_before_any_promotion_waits_then_serves_the_first(
+    registry: Store, name: str
+) -> None:
+    """A first deploy: the alias (or the whole registered model) is not there yet. The replica
+    starts without a model, answers 503 (retry later) and passes Serve's health check, then
+    serves what is promoted first."""
+
+    async def scenario(holder: ModelHolder) -> None:
+        await holder.configure(settings(name, model_alias="first-deploy", poll=0.05))
+        assert holder.status() == "waiting" and holder.served is None
+        holder.check_health()  # Serve keeps the replica
+        for answer in (holder.health, holder.describe, holder.input_shape):
+            with pytest.raises(NoModelError, match="no model is promoted yet") as refused:
+                answer()
+            assert isinstance(refused.value, UnavailableError)  # 503 with Retry-After
+        if name == "never-registered":
+            run_id = registry.run_a
+            await asyncio.to_thread(model_registry.register_version, run_id, name, {})
+        await asyncio.to_thread(model_registry.set_alias, name, "first-deploy", "1")
+        await eventually(lambda: holder.served is not None, 60, "the first promotion")
+        assert holder.status() == "ready" and holder.model().source.version == "1"
+        assert holder.model().ref["alias"] == "first-deploy"
 
     with_holder(scenario)
 
