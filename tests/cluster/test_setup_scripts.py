@@ -35,7 +35,13 @@ TOOLS = [
 ]
 # What each script's dry run must print: its main commands.
 EXPECTED = {
-    "01-aws-resources.sh": ["aws s3api create-bucket", "terraform -chdir=", "apply -input=false"],
+    "01-aws-resources.sh": [
+        "aws s3api create-bucket",
+        # before the apply: the KMS key policy names this role, absent on a new account
+        "aws iam create-service-linked-role --aws-service-name autoscaling.amazonaws.com",
+        "terraform -chdir=",
+        "apply -input=false",
+    ],
     "02-cluster.sh": [
         "helm upgrade --install kuberay-operator kuberay/kuberay-operator",
         "helm upgrade --install cluster-autoscaler",
@@ -205,3 +211,18 @@ def test_the_cluster_autoscaler_is_the_clusters_kubernetes_minor() -> None:
         re.M,
     )
     assert app == kube_version()
+
+
+def test_service_linked_roles_the_key_policy_names_exist_before_the_apply(
+    stub_path: Path,
+) -> None:
+    """A key policy naming a principal that does not exist is refused: on a new account, the
+    service-linked roles kms.tf names must be created before Terraform makes the key."""
+    kms = (REPO / "cluster" / "terraform" / "aws-eks" / "kms.tf").read_text()
+    services = set(re.findall(r":role/aws-service-role/([a-z.]+\.amazonaws\.com)/", kms))
+    assert services, "kms.tf names no service-linked role"
+    run = _run(SETUP / "01-aws-resources.sh", stub_path, "--dry-run", AWS_REGION="eu-west-1")
+    apply = run.stderr.index("apply -input=false")
+    for service in services:
+        created = f"aws iam create-service-linked-role --aws-service-name {service}"
+        assert created in run.stderr[:apply], f"{service}'s role is not created before the apply"

@@ -36,6 +36,13 @@ if ((DRY_RUN)) || ! aws s3api head-bucket --bucket "${state_bucket}" >/dev/null 
     BlockPublicAcls=true,IgnorePublicAcls=true,BlockPublicPolicy=true,RestrictPublicBuckets=true
 fi
 
+# The key policy (kms.tf) names Auto Scaling's service-linked role, which AWS creates only when
+# an account first uses Auto Scaling: on a new account the key, and so the apply, would fail.
+if ((DRY_RUN)) || ! aws iam get-role --role-name AWSServiceRoleForAutoScaling >/dev/null 2>&1; then
+  log "creating Auto Scaling's service-linked role (the KMS key policy names it)"
+  run aws iam create-service-linked-role --aws-service-name autoscaling.amazonaws.com
+fi
+
 log "applying cluster/terraform/aws-eks (about 20 minutes the first time)"
 run terraform -chdir="${TF_DIR}" init -input=false -reconfigure \
   -backend-config="bucket=${state_bucket}" \
