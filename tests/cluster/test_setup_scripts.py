@@ -51,7 +51,11 @@ EXPECTED = {
         "rayservice.yaml | kubectl apply -f -",
     ],
     "03-mlflow.sh": ["helm upgrade --install mlflow", "route53 change-resource-record-sets"],
-    "04-users.sh": ["users/create", "experiments/permissions/create", "update-admin"],
+    "04-users.sh": [
+        "-m cluster.mlflow.users --file",
+        '{"username":"mlops-1","admin":true}',
+        '"experiments":{"cifar10-resnet18":"EDIT","cifar10-sweep":"EDIT"}',
+    ],
     "05-connection-test.sh": ["ray job submit", "status_is 401", "status_is 301"],
     # 06 ends by running 05.
     "06-verify-all.sh": ["eks describe-nodegroup", "no_drift", "ray job submit"],

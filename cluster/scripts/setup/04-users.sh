@@ -1,72 +1,36 @@
 #!/usr/bin/env bash
 # 04: the MLflow users of users.conf with their permissions (basic auth: READ / EDIT / MANAGE per
-# experiment and registered model). Talks to the server through `kubectl port-forward`.
+# experiment and registered model). Talks to the server through `kubectl port-forward`, with the
+# project's users tool (python -m cluster.mlflow.users, the one `make mlflow-users` runs and the
+# tests run against a real MLflow server): this script only says who gets what.
 # Idempotent: existing users keep their passwords, permissions are created or updated.
+# Passwords never reach a command line: the tool reads them from its environment.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "${BASH_SOURCE[0]%/*}/lib.sh"
 parse_args "Creates the MLflow users of users.conf and grants their permissions." "$@"
-require_tools kubectl curl jq openssl base64
+require_tools kubectl jq openssl base64 "${PYTHON}"
 USERS_CONF="${SETUP_DIR}/users.conf"
 PIPELINES="${KUBERAY_DIR}/pipelines.yaml"
 LOCAL_PORT="${MLFLOW_LOCAL_PORT:-15000}"
-API="http://127.0.0.1:${LOCAL_PORT}/api/2.0/mlflow"
 
 admin_password="$(capture admin_password secret_value "${MLFLOW_NAMESPACE}" mlflow-admin admin-password)"
-
-# mlflow_api METHOD PATH [JSON]: one authenticated call as the admin; fails on a 4xx/5xx answer.
-# The password reaches curl through a file descriptor, not its arguments.
-mlflow_api() {
-  local method="$1" path="$2" body="${3:-}"
-  if ((DRY_RUN)); then
-    show curl -X "${method}" "${API}/${path}" ${body:+--data "${body//\"password\":\"*\"/\"password\":\"***\"}"}
-    return 0
-  fi
-  curl -sS --fail-with-body -X "${method}" "${API}/${path}" \
-    --netrc-file <(printf 'machine 127.0.0.1 login admin password %s\n' "${admin_password}") \
-    -H 'Content-Type: application/json' ${body:+--data "${body}"}
-}
-
-# quietly CMD...: CMD without its output (an expected "already exists" included), shown under
-# --dry-run.
-quietly() {
-  if ((DRY_RUN)); then
-    "$@"
-  else
-    "$@" >/dev/null 2>&1
-  fi
-}
-
-# grant KIND RESOURCE_FIELD RESOURCE USER PERMISSION (KIND: experiments | registered-models)
-grant() {
-  local json
-  json="$(jq -cn --arg f "$2" --arg r "$3" --arg u "$4" --arg p "$5" \
-    '{($f): $r, username: $u, permission: $p}')"
-  quietly mlflow_api POST "$1/permissions/create" "${json}" ||
-    mlflow_api PATCH "$1/permissions/update" "${json}" >/dev/null
-}
 
 port_forward "${MLFLOW_NAMESPACE}" svc/mlflow "${LOCAL_PORT}" 5000
 
 # The experiments and registered models that the platform's jobs write to.
 mapfile -t experiments < <(grep -oE -- '--experiment [^ ]+' "${PIPELINES}" | cut -d' ' -f2 | sort -u)
 mapfile -t models < <(grep -oE -- '--register-as [^ ]+' "${PIPELINES}" | cut -d' ' -f2 | sort -u)
-experiment_id() {
-  mlflow_api GET "experiments/get-by-name?experiment_name=$1" | jq -r .experiment.experiment_id
-}
-experiment_ids=()
-for name in "${experiments[@]}"; do
-  quietly mlflow_api POST experiments/create "$(jq -cn --arg n "${name}" '{name: $n}')" || true
-  experiment_ids+=("$(capture "id of ${name}" experiment_id "${name}")")
-done
-for name in "${models[@]}"; do
-  quietly mlflow_api POST registered-models/create "$(jq -cn --arg n "${name}" '{name: $n}')" || true
-done
 
+# The users file of cluster/mlflow/users.py, as JSON (YAML's subset): each user's password in an
+# environment variable of its own, which only the tool's process sees.
 declare -A passwords=()
+users="[]"
+n=0
 while read -r user role; do
   [[ -z "${user}" || "${user}" == \#* ]] && continue
   log "user ${user}: ${role}"
+  n=$((n + 1))
   if [[ "${user}" == ray-jobs ]]; then
     password="$(capture password secret_value "${RAY_NAMESPACE}" rayvision-mlflow-client \
       MLFLOW_TRACKING_PASSWORD)"
@@ -74,22 +38,24 @@ while read -r user role; do
     password="$(random_or_existing "${MLFLOW_NAMESPACE}" mlflow-users "${user}")"
     passwords["${user}"]="${password}"
   fi
-  if ((DRY_RUN)) || ! quietly mlflow_api GET "users/get?username=${user}"; then
-    mlflow_api POST users/create \
-      "$(jq -cn --arg u "${user}" --arg p "${password}" '{username: $u, password: $p}')" >/dev/null
-  fi
-  if [[ "${role}" == admin ]]; then
-    mlflow_api PATCH users/update-admin \
-      "$(jq -cn --arg u "${user}" '{username: $u, is_admin: true}')" >/dev/null
-    continue
-  fi
-  for id in "${experiment_ids[@]}"; do
-    grant experiments experiment_id "${id}" "${user}" "${role}"
-  done
-  for name in "${models[@]}"; do
-    grant registered-models name "${name}" "${user}" "${role}"
-  done
+  export "MLFLOW_USER_PASSWORD_${n}=${password}"
+  users="$(jq -c --arg u "${user}" --arg r "${role}" --arg env "MLFLOW_USER_PASSWORD_${n}" \
+    --args '. + [{username: $u, password_env: $env} + (if $r == "admin" then {admin: true} else
+      {experiments: ($ARGS.named.experiments | map({(.): $r}) | add // {}),
+       registered_models: ($ARGS.named.models | map({(.): $r}) | add // {})} end)]' \
+    --argjson experiments "$(jq -cn '$ARGS.positional' --args "${experiments[@]}")" \
+    --argjson models "$(jq -cn '$ARGS.positional' --args "${models[@]}")" <<<"${users}")"
 done <"${USERS_CONF}"
+
+spec="$(mktemp)"
+trap 'rm -f "${spec}"; kill "${PORT_FORWARD_PIDS[@]}" 2>/dev/null || true' EXIT
+jq -n --argjson users "${users}" '{users: $users}' >"${spec}"
+if ((DRY_RUN)); then
+  jq -c '.users[] | del(.password_env)' "${spec}" >&2
+fi
+PYTHONPATH="${REPO_ROOT}" MLFLOW_TRACKING_URI="http://127.0.0.1:${LOCAL_PORT}" \
+  MLFLOW_ADMIN_USERNAME=admin MLFLOW_ADMIN_PASSWORD="${admin_password}" \
+  run "${PYTHON}" -m cluster.mlflow.users --file "${spec}"
 
 secret_pairs=()
 for user in "${!passwords[@]}"; do

@@ -10,6 +10,9 @@ REPO_ROOT="$(cd "${SETUP_DIR}/../../.." && pwd)"
 TF_DIR="${REPO_ROOT}/cluster/terraform/aws-eks"
 KUBERAY_DIR="${REPO_ROOT}/cluster/kuberay"
 
+# The project's Python (its venv: `make venv`) for the tools the scripts share with the Makefile.
+PYTHON="${PYTHON:-${REPO_ROOT}/.venv/bin/python}"
+
 RAY_NAMESPACE="${RAY_NAMESPACE:-rayvision}"
 MLFLOW_NAMESPACE="${MLFLOW_NAMESPACE:-mlflow}"
 # The operator and add-on charts 02-cluster.sh installs, pinned; each chart's app in the comment
@@ -99,6 +102,7 @@ declare -A INSTALL_HINT=(
   [git]="apt-get install git / brew install git"
   [ray]="the project's environment: pip install -e . in the repository"
   [base64]="part of coreutils"
+  ["${PYTHON}"]="the project's environment: make venv in the repository (or set PYTHON)"
 )
 
 # Fails with every missing tool and how to install it; under --dry-run only warns.
