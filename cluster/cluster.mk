@@ -2,9 +2,12 @@
 # Included by the root Makefile; every target runs from the repository root.
 
 CLUSTER_PYTHON ?= .venv/bin/python
-# checkov lives in a venv of its own: its pinned dependencies clash with the project's.
-CHECKOV_VENV ?= .venv-checkov
+# checkov lives in a venv of its own: its pinned dependencies clash with the project's. One per
+# version in the user's cache, shared by every checkout (a fresh clone, CI's included, does not
+# spend minutes installing it again); the tests find it through CHECKOV.
 CHECKOV_VERSION ?= 3.3.30
+CHECKOV_VENV ?= $(HOME)/.cache/rayvision/venv-checkov-$(CHECKOV_VERSION)
+export CHECKOV ?= $(CHECKOV_VENV)/bin/checkov
 SETUP_SCRIPTS := cluster/scripts/setup
 
 .PHONY: render-kuberay cluster-tools cluster-validate cluster-test cluster-dry-run deploy-aws verify-aws

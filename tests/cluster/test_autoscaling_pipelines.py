@@ -264,7 +264,7 @@ def test_pipelines_run_on_a_cluster_at_rest_and_leave_it_at_rest(
 
     # The nightly training: it registers the challenger that evaluate-promote promotes.
     train = _for_simulation(
-        _rayjob("train")["entrypoint"], {**SIMULATION, "--epochs": "6", "--num-workers": "2"}
+        _rayjob("train")["entrypoint"], {**SIMULATION, "--epochs": "3", "--num-workers": "2"}
     )
     seen = _finish(cluster, _submit(cluster, "train", train), 900)
     assert max(seen) >= 1, f"no worker node was started for training: {seen}"

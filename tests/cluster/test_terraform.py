@@ -20,7 +20,6 @@ import ray
 from tests.cluster.clusterlib import (
     CLUSTER,
     KUBERAY,
-    REPO,
     TERRAFORM,
     load_hcl,
     load_yaml,
@@ -33,10 +32,11 @@ DOCKER = CLUSTER / "docker"
 
 
 def _checkov() -> str | None:
-    """checkov from CHECKOV, the project's tool environment (make cluster-tools), or PATH."""
-    for candidate in (os.environ.get("CHECKOV"), REPO / ".venv-checkov" / "bin" / "checkov"):
-        if candidate and Path(candidate).is_file():
-            return str(candidate)
+    """checkov from CHECKOV (the Makefile points it at the venv `make cluster-tools` makes), or
+    PATH."""
+    candidate = os.environ.get("CHECKOV")
+    if candidate and Path(candidate).is_file():
+        return candidate
     return shutil.which("checkov")
 
 

@@ -1,5 +1,7 @@
 """jobs/tune.py submitted as a Ray Job: ASHA + HyperOpt over TorchTrainer on digits, one MLflow
-child run per trial under one parent; and a sweep whose driver is killed, then resumed."""
+child run per trial under one parent. (A sweep whose driver is killed and then resumed:
+tests/integration/test_sweep_resume.py; one whose trial loses its node:
+tests/cluster/test_autoscaling_pipelines.py.)"""
 
 from __future__ import annotations
 
@@ -9,11 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import MlflowServer, RayCluster
-from tests.support import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -50,6 +50,7 @@ def test_sweep_one_child_run_per_trial_best_tagged_and_registered(
     ray_cluster.submit(
         sweep_command(
             experiment, tmp_path, "--num-samples", "4", "--max-concurrent", "1",
+            "--num-workers", "1",
             "--scheduler", "asha", "--grace-period", "1", "--search", "hyperopt",
             "--points-to-evaluate", WARM_START, "--register-as", model_name,
         ),
@@ -93,57 +94,3 @@ def test_sweep_one_child_run_per_trial_best_tagged_and_registered(
     assert version.run_id == best[0].info.run_id
     assert results["registered_version"] == version.version
     assert results["test_accuracy"] == best[0].data.metrics["test_accuracy"]
-
-
-def test_sweep_resumes_after_its_driver_is_killed(
-    ray_cluster: RayCluster, mlflow_server: MlflowServer, tmp_path: Path
-) -> None:
-    experiment, sweep = "e2e-tune-resume", f"resume-{uuid.uuid4().hex[:6]}"
-    command = sweep_command(
-        experiment, tmp_path, "--num-samples", "4", "--max-concurrent", "2",
-        "--scheduler", "none", "--search", "random", "--run-name", sweep,
-    )  # fmt: skip
-    client = MlflowClient(mlflow_server.uri)
-    first = f"{sweep}-a"
-    ray_cluster.submit(command, first)
-
-    def a_trial_finished() -> bool:
-        experiment_row = client.get_experiment_by_name(experiment)
-        if experiment_row is None:
-            return False
-        done = client.search_runs(
-            [experiment_row.experiment_id],
-            filter_string=f"tags.sweep = '{sweep}' and attributes.status = 'FINISHED'",
-        )
-        return any("trial_id" in r.data.tags for r in done)
-
-    wait_for(a_trial_finished, 900, "the first finished trial", interval=2)
-    stop = requests.post(
-        f"{ray_cluster.jobs.base}{first}/stop", headers=ray_cluster.jobs.headers, timeout=30
-    )
-    stop.raise_for_status()
-    assert ray_cluster.jobs.wait(first, timeout=120)["status"] == "STOPPED"
-    parent_id = client.search_runs(
-        [client.get_experiment_by_name(experiment).experiment_id],
-        filter_string=f"tags.sweep = '{sweep}' and tags.sweep_parent = 'true'",
-    )[0].info.run_id
-    finished_before = {
-        r.info.run_id for r in child_runs(client, experiment, parent_id)
-        if r.info.status == "FINISHED"
-    }  # fmt: skip
-
-    second = f"{sweep}-b"
-    ray_cluster.submit([*command, "--resume"], second)
-    info = ray_cluster.jobs.wait(second, timeout=1200)
-    logs = ray_cluster.jobs.logs(second)
-    assert info["status"] == "SUCCEEDED", logs[-4000:]
-    assert "resuming sweep" in logs
-    results = json.loads((tmp_path / "out.json").read_text())
-    assert results["parent_run_id"] == parent_id  # the same parent run, not a new sweep
-    runs = child_runs(client, experiment, parent_id)
-    assert len(runs) == 4 == len({r.data.tags["trial_id"] for r in runs})
-    assert all(r.info.status == "FINISHED" for r in runs)
-    for run in runs:
-        if run.info.run_id in finished_before:  # not trained again after the resume
-            points = client.get_metric_history(run.info.run_id, "val_accuracy")
-            assert len(points) == EPOCHS

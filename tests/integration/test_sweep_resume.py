@@ -124,14 +124,19 @@ def test_resumed_sweep_stops_what_an_uninterrupted_one_stops_and_trains_nothing_
         finally:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
+        experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+        (parent_before,) = client.search_runs(
+            [experiment_id], f"tags.sweep = '{sweep}' and tags.sweep_parent = 'true'"
+        )
         resumed = subprocess.run(
             sweep_command(tmp_path, sweep, "--resume"), cwd=REPO, env=env, stdout=log,
             stderr=subprocess.STDOUT, timeout=900, check=False,
         )  # fmt: skip
     assert resumed.returncode == 0, log_path.read_text()[-4000:]
 
+    assert "resuming sweep" in log_path.read_text()
     parent = json.loads((tmp_path / "out.json").read_text())["parent_run_id"]
-    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    assert parent == parent_before.info.run_id  # the same sweep, not a new one
     runs = sorted(
         client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}'"),
         key=lambda r: r.info.start_time,
