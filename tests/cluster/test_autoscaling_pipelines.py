@@ -35,6 +35,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from moto.server import ThreadedMotoServer
+from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+    _AutoscalingCoordinatorActor,
+)
+from ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client import (
+    AUTOSCALING_REQUESTS_EXPIRE_TIME_S,
+)
 
 from tests.cluster.autoscaling import alive_workers, head_cpus, simulated_raycluster, state
 from tests.cluster.clusterlib import KUBERAY, REPO, render_manifest
@@ -48,7 +54,13 @@ BUCKET = "rayvision-checkpoints"
 STORAGE_PREFIX = "rayvision"
 # Every job's flags as pipelines.yaml has them, but for these.
 SIMULATION = {"--dataset": "digits", "--batch-size": "64", "--num-samples": "2"}
-AT_REST_TIMEOUT_S = 180
+# Back at rest within this after a job ends: what Ray Train asked the autoscaler for is released
+# when its controller cancels the request, but that call times out after 5 s on a loaded machine
+# (Train then logs "will still expire"), and so does a controller lost with its node: the request
+# then lasts until it expires, checked on the coordinator's tick. Plus the idle timeout and room.
+AT_REST_TIMEOUT_S = (
+    AUTOSCALING_REQUESTS_EXPIRE_TIME_S + _AutoscalingCoordinatorActor.TICK_INTERVAL_S + 40
+)
 NOTICE_S = 10  # a spot interruption notice (AWS gives 120 s)
 
 

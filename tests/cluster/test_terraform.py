@@ -32,11 +32,12 @@ DOCKER = CLUSTER / "docker"
 
 
 def _checkov() -> str | None:
-    """checkov from CHECKOV (the Makefile points it at the venv `make cluster-tools` makes), or
-    PATH."""
-    candidate = os.environ.get("CHECKOV")
-    if candidate and Path(candidate).is_file():
-        return candidate
+    """checkov from CHECKOV (the Makefile points it at the venv `make cluster-tools` makes), that
+    venv itself (a plain pytest run), or PATH."""
+    made = sorted(Path.home().glob(".cache/rayvision/venv-checkov-*/bin/checkov"))
+    for candidate in (os.environ.get("CHECKOV"), *made):
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
     return shutil.which("checkov")
 
 
