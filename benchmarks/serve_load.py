@@ -46,7 +46,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from serve.throughput import HIGH_THROUGHPUT_ENV, private_haproxy_env  # noqa: E402
+from serve.throughput import (  # noqa: E402
+    HIGH_THROUGHPUT_ENV,
+    front_haproxy_env,
+    private_haproxy_env,
+)
 
 # Read by Ray's Serve modules on import and by every process of the private cluster: the Serve
 # path the project's clusters run, unless the caller set these (0 measures Ray's default path).
@@ -69,6 +73,7 @@ MODEL_NAME = "bench-digits"
 Answered = Callable[[int, float], None]
 # The share of clients that send crafted inputs in the mixed phase.
 HOSTILE_SHARE = 0.1
+HEALTH_PROBE_S = 0.1
 
 
 @dataclass
@@ -79,16 +84,40 @@ class Phase:
     seconds: float = 0.0
     # What the hostile clients got back, by status (0: no answer).
     hostile: Counter[int] = field(default_factory=Counter)
+    # GET /health's seconds, probed every HEALTH_PROBE_S meanwhile (a load balancer's view).
+    health: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
-        ordered = sorted(self.latencies) or [float("nan")]
         return {
             "rps": len(self.latencies) / self.seconds,
-            "p50_ms": 1000 * ordered[len(ordered) // 2],
-            "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+            "p50_ms": 1000 * _quantile(self.latencies, 0.5),
+            "p99_ms": 1000 * _quantile(self.latencies, 0.99),
             "errors": self.errors,
             "requests": len(self.latencies),
+            "health_p50_ms": 1000 * _quantile(self.health, 0.5),
+            "health_max_ms": 1000 * max(self.health, default=float("nan")),
         }
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values) or [float("nan")]
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def _probe_health(port: int, deadline: float, took: list[float]) -> None:
+    """``GET /health`` every HEALTH_PROBE_S until ``deadline``; each answer's seconds (a failed
+    probe counts as the time it took to fail)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    while (started := time.perf_counter()) < deadline:
+        try:
+            connection.request("GET", "/health")
+            connection.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            connection.close()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        took.append(time.perf_counter() - started)
+        time.sleep(max(0.0, HEALTH_PROBE_S - (time.perf_counter() - started)))
+    connection.close()
 
 
 def _post_until(port: int, bodies: list[bytes], deadline: float, answered: Answered) -> None:
@@ -147,6 +176,7 @@ def drive(
         threading.Thread(target=_post_until, args=(port, bodies, deadline, attack))
         for _ in range(attackers)
     ]
+    threads.append(threading.Thread(target=_probe_health, args=(port, deadline, phase.health)))
     began = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -242,7 +272,9 @@ def report(
     print(
         f"with {HOSTILE_SHARE:.0%} hostile clients: legitimate {mixed['rps']:.0f} img/s, p50 "
         f"{mixed['p50_ms']:.1f} ms, p99 {mixed['p99_ms']:.1f} ms, {mixed['errors']} errors; "
-        f"hostile answers {dict(phases['mixed'].hostile)}"
+        f"hostile answers {dict(phases['mixed'].hostile)}; /health p50 "
+        f"{mixed['health_p50_ms']:.1f} ms, max {mixed['health_max_ms']:.1f} ms (clean phase: "
+        f"{on['health_p50_ms']:.1f} ms, max {on['health_max_ms']:.1f} ms)"
     )
     print(
         json.dumps(
@@ -263,6 +295,10 @@ def report(
                 "mixed_legit_p99_ms": round(mixed["p99_ms"], 2),
                 "mixed_legit_errors": mixed["errors"],
                 "mixed_hostile_answers": dict(phases["mixed"].hostile),
+                "health_p50_ms": round(on["health_p50_ms"], 2),
+                "health_max_ms": round(on["health_max_ms"], 2),
+                "mixed_health_p50_ms": round(mixed["health_p50_ms"], 2),
+                "mixed_health_max_ms": round(mixed["health_max_ms"], 2),
                 "unbatched_rps": round(off["rps"], 1),
                 "unbatched_p50_ms": round(off["p50_ms"], 2),
                 "unbatched_p99_ms": round(off["p99_ms"], 2),
@@ -309,6 +345,8 @@ def main() -> None:
             image = png_bytes(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8))
         port = free_port()
         os.environ.update(private_haproxy_env(f"{tmp}/haproxy", free_port(), free_port()))
+        # HAProxy behind the front wrapper, as the project's clusters run it.
+        os.environ.update(front_haproxy_env(), RAYVISION_PYTHON=sys.executable)
         # address="local": a private cluster, never one another user started on this machine.
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
         try:
