@@ -621,9 +621,37 @@ def serve_application(service: Service) -> dict[str, Any]:
     return app
 
 
-def running_replicas(service: Service, deployment: str) -> int:
+def running_replicas(service: Service, deployment: str) -> list[dict[str, Any]]:
     found = serve_application(service).get("deployments", {}).get(deployment, {})
-    return sum(replica["state"] == "RUNNING" for replica in found.get("replicas", []))
+    return [replica for replica in found.get("replicas", []) if replica["state"] == "RUNNING"]
+
+
+@dataclass
+class SteadyLoad:
+    """``SteadyClient``s posting one digit each from their own threads."""
+
+    clients: list[SteadyClient]
+
+    def answered(self) -> int:
+        return sum(len(client.versions) for client in self.clients)
+
+    def failures(self) -> list[str]:
+        return [failure for client in self.clients for failure in client.failures]
+
+
+@contextlib.contextmanager
+def steady_load(service: Service, image: bytes, clients: int = 16) -> Iterator[SteadyLoad]:
+    load = SteadyLoad([SteadyClient(service.url, image) for _ in range(clients)])
+    threads = [threading.Thread(target=client.run, daemon=True) for client in load.clients]
+    for thread in threads:
+        thread.start()
+    try:
+        yield load
+    finally:
+        for client in load.clients:
+            client.stop.set()
+        for thread in threads:
+            thread.join(60)
 
 
 def test_classifier_scales_out_under_load_with_zero_failed_requests(
@@ -637,24 +665,11 @@ def test_classifier_scales_out_under_load_with_zero_failed_requests(
     assert classifier["autoscaling_config"]["target_ongoing_requests"] == 1
     classifier["autoscaling_config"].update(max_replicas=2, upscale_delay_s=5)
     service.deploy()
-    clients = [SteadyClient(service.url, registered.pngs[0]) for _ in range(16)]
-    threads = [threading.Thread(target=client.run, daemon=True) for client in clients]
-    for thread in threads:
-        thread.start()
-
-    def answered() -> int:
-        return sum(len(client.versions) for client in clients)
-
-    try:
-        wait_for(lambda: running_replicas(service, "Classifier") == 2, 180, "a second replica")
-        before = answered()
-        wait_for(lambda: answered() >= before + 50, 60, "answers after the scale-out")
-    finally:
-        for client in clients:
-            client.stop.set()
-        for thread in threads:
-            thread.join(60)
-    assert [failure for client in clients for failure in client.failures] == []
+    with steady_load(service, registered.pngs[0]) as load:
+        wait_for(lambda: len(running_replicas(service, "Classifier")) == 2, 180, "a second replica")
+        before = load.answered()
+        wait_for(lambda: load.answered() >= before + 50, 60, "answers after the scale-out")
+    assert load.failures() == []
 
 
 def test_a_classifier_replica_killed_under_load_gives_only_200_and_503(
@@ -665,36 +680,21 @@ def test_a_classifier_replica_killed_under_load_gives_only_200_and_503(
     are answered, and Serve replaces the replica."""
 
     def replicas() -> list[dict[str, Any]]:
-        found = serve_application(service).get("deployments", {}).get("Classifier", {})
-        return [r for r in found.get("replicas", []) if r["state"] == "RUNNING"]
+        return running_replicas(service, "Classifier")
 
     wait_for(lambda: len(replicas()) == 2, 180, "two Classifier replicas (the scale-out's)")
-    clients = [SteadyClient(service.url, registered.pngs[0]) for _ in range(16)]
-    threads = [threading.Thread(target=client.run, daemon=True) for client in clients]
-    for thread in threads:
-        thread.start()
-
-    def answered() -> int:
-        return sum(len(client.versions) for client in clients)
-
-    try:
-        wait_for(lambda: answered() >= 50, 60, "answers under load")
+    with steady_load(service, registered.pngs[0]) as load:
+        wait_for(lambda: load.answered() >= 50, 60, "answers under load")
         (victim, *_) = replicas()
         os.kill(victim["pid"], signal.SIGKILL)
-        before = answered()
-        wait_for(lambda: answered() >= before + 100, 120, "answers after the kill")
+        before = load.answered()
+        wait_for(lambda: load.answered() >= before + 100, 120, "answers after the kill")
         wait_for(
             lambda: victim["replica_id"] not in {r["replica_id"] for r in replicas()},
             60,
             "Serve to notice the killed replica",
         )
-    finally:
-        for client in clients:
-            client.stop.set()
-        for thread in threads:
-            thread.join(60)
-    failures = [failure for client in clients for failure in client.failures]
-    assert all(failure.startswith("503:") for failure in failures), failures
+    assert all(failure.startswith("503:") for failure in load.failures()), load.failures()
 
 
 def serving_with(service: Service, bounds: dict[str, int]) -> bool:
