@@ -39,6 +39,7 @@ from app.serving.bodies import read_image, read_images
 from app.serving.errors import health_response, install_error_handlers
 from app.serving.holder import ImageRequest, ModelHolder
 from app.serving.last_model import LastModel, cache_root
+from app.serving.recent_health import RecentHealth
 from app.serving.schemas import (
     ERRORS,
     MULTIPART_FILES,
@@ -110,6 +111,8 @@ class ClassifierAPI:
         self._classifier = classifier
         self._settings = ApiSettings()
         self._images = ShapedClassifier(self._input_shape, self._infer)
+        # Probes are answered from a check at most a few seconds old, made in the background.
+        self._health = RecentHealth(lambda: health_response(self._classifier.health.remote()))
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         settings = ApiSettings.model_validate(user_config)
@@ -170,10 +173,10 @@ class ClassifierAPI:
         "/health",
         response_model=Health,
         responses=ERRORS,
-        summary="200 only when a model is loaded and predicts (status ready or degraded)",
+        summary="200 when a model is loaded and predicts (ready or degraded), checked each second",
     )
     async def health(self) -> Any:
-        return await health_response(self._classifier.health.remote())
+        return await self._health.answer()
 
 
 def load_config(path: Path = CONFIG) -> dict[str, Any]:
