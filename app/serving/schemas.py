@@ -38,7 +38,8 @@ class BatchPrediction(BaseModel):
 
 
 # ready: serving what the settings name; degraded: switching to it failed and an older model
-# (or one the registry cannot confirm) keeps answering. Why is in the replica's log.
+# (or one the registry cannot confirm) keeps answering; waiting: nothing is promoted to the
+# alias yet (a first deploy), every answer is 503. Why is in the replica's log.
 Status = Literal["ready", "degraded", "waiting"]
 
 
