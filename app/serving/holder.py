@@ -98,8 +98,7 @@ class ModelHolder:
 
     def model(self) -> ServedModel:
         if self._served is None:
-            waiting = self.status() == "waiting"
-            raise NoModelError("no model is promoted yet" if waiting else "no model loaded")
+            raise NoModelError("no model is promoted yet")
         return self._served
 
     async def configure(self, settings: ModelSettings) -> None:
@@ -215,8 +214,8 @@ class ModelHolder:
     def check_health(self) -> None:
         """Raises unless a model is loaded and passes its self-test, or none is promoted yet
         (a replica that has nothing to serve yet is replaced by one that has nothing either)."""
-        if self.status() != "waiting":
-            self.model().self_test()
+        if self._served is not None:
+            self._served.self_test()
 
     def status(self) -> str:
         """``ready``; ``degraded`` while switching to what the settings name fails (an older
