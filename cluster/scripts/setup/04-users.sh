@@ -23,7 +23,9 @@ mapfile -t experiments < <(grep -oE -- '--experiment [^ ]+' "${PIPELINES}" | cut
 mapfile -t models < <(grep -oE -- '--register-as [^ ]+' "${PIPELINES}" | cut -d' ' -f2 | sort -u)
 
 # The users file of cluster/mlflow/users.py, as JSON (YAML's subset): each user's password in an
-# environment variable of its own, which only the tool's process sees.
+# environment variable of its own, exported to this script's children, never in an argument.
+experiments_json="$(jq -cn '$ARGS.positional' --args "${experiments[@]}")"
+models_json="$(jq -cn '$ARGS.positional' --args "${models[@]}")"
 declare -A passwords=()
 users="[]"
 n=0
@@ -40,11 +42,10 @@ while read -r user role; do
   fi
   export "MLFLOW_USER_PASSWORD_${n}=${password}"
   users="$(jq -c --arg u "${user}" --arg r "${role}" --arg env "MLFLOW_USER_PASSWORD_${n}" \
-    --args '. + [{username: $u, password_env: $env} + (if $r == "admin" then {admin: true} else
-      {experiments: ($ARGS.named.experiments | map({(.): $r}) | add // {}),
-       registered_models: ($ARGS.named.models | map({(.): $r}) | add // {})} end)]' \
-    --argjson experiments "$(jq -cn '$ARGS.positional' --args "${experiments[@]}")" \
-    --argjson models "$(jq -cn '$ARGS.positional' --args "${models[@]}")" <<<"${users}")"
+    --argjson experiments "${experiments_json}" --argjson models "${models_json}" \
+    '. + [{username: $u, password_env: $env} + (if $r == "admin" then {admin: true} else
+      {experiments: ($experiments | map({(.): $r}) | add // {}),
+       registered_models: ($models | map({(.): $r}) | add // {})} end)]' <<<"${users}")"
 done <"${USERS_CONF}"
 
 spec="$(mktemp)"
