@@ -14,6 +14,11 @@ RUN pip install --no-cache-dir --constraint /tmp/requirements-dev.lock \
         "mlflow[auth]" psycopg2-binary boto3 \
     && rm /tmp/requirements-dev.lock
 
+# The password-file sidecar (the chart runs `python -m cluster.mlflow.pgpass` from here):
+# standard library and boto3 only.
+WORKDIR /srv
+COPY cluster/mlflow/pgpass.py cluster/mlflow/pgpass.py
+
 USER mlflow
 ENV HOME=/tmp
 EXPOSE 5000

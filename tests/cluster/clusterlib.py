@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import hcl2
+import helm_python as helm
 import jsonschema
 import yaml
 
@@ -97,6 +98,21 @@ def iter_pod_specs(cluster_spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
 def worker_group(cluster_spec: dict[str, Any], name: str) -> dict[str, Any]:
     (group,) = [g for g in cluster_spec["workerGroupSpecs"] if g["groupName"] == name]
     return group
+
+
+def render_chart(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The MLflow chart rendered by Helm's own code (helm-python-sdk) for a first install: kind
+    -> the object of that kind (the chart has one of each)."""
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values, name="mlflow", namespace="mlflow", is_install=True)
+    objects: dict[str, dict[str, Any]] = {}
+    for name, text in manifests.items():
+        if name.endswith(".yaml"):
+            for doc in yaml.safe_load_all(text):
+                if doc:
+                    assert doc["kind"] not in objects
+                    objects[doc["kind"]] = doc
+    return objects
 
 
 def load_yaml(path: Path) -> Any:

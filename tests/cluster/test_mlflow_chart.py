@@ -6,21 +6,26 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 
 import helm_python as helm
 import kubernetes_validate
 import pytest
-import yaml
 
-from tests.cluster.clusterlib import CHART, kube_version
+from tests.cluster.clusterlib import CHART, SETUP, kube_version, render_chart
 
 # What 03-mlflow.sh passes (terraform outputs); the rest are the chart's defaults.
 REQUIRED: dict[str, Any] = {
     "image": {"repository": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/rayvision-mlflow"},
     "serviceAccount": {"roleArn": "arn:aws:iam::123456789012:role/rayvision-mlflow"},
     "artifactsDestination": "s3://rayvision-artifacts-123456789012/mlflow",
-    "database": {"host": "rayvision.abcdefgh.eu-west-1.rds.amazonaws.com"},
+    "database": {
+        "host": "rayvision.abcdefgh.eu-west-1.rds.amazonaws.com",
+        "passwordSecretArn": (
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!db-0a1b-AbCdEf"
+        ),
+    },
     "ingress": {
         "host": "mlflow.example.com",
         "certificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/0000-1111-2222",
@@ -55,20 +60,6 @@ VALUE_SETS = {
 }
 
 
-def render(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """kind -> the rendered object of that kind (the chart has one of each)."""
-    with helm.Chart.load(CHART) as chart:
-        manifests = chart.render(values, name="mlflow", namespace="mlflow", is_install=True)
-    objects = {}
-    for name, text in manifests.items():
-        if name.endswith(".yaml"):
-            for doc in yaml.safe_load_all(text):
-                if doc:
-                    assert doc["kind"] not in objects
-                    objects[doc["kind"]] = doc
-    return objects
-
-
 def _container(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
     (container,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
     return container
@@ -88,22 +79,22 @@ def test_chart_lints_clean(values: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
 def test_rendered_objects_are_valid_kubernetes(values: dict[str, Any]) -> None:
-    for doc in render(values).values():
+    for doc in render_chart(values).values():
         kubernetes_validate.validate(doc, kube_version(), strict=True)
 
 
 def test_hpa_keeps_two_to_five_servers() -> None:
-    objects = render(VALUE_SETS["defaults"])
+    objects = render_chart(VALUE_SETS["defaults"])
     hpa = objects["HorizontalPodAutoscaler"]["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 5)
     assert hpa["scaleTargetRef"]["name"] == objects["Deployment"]["metadata"]["name"]
     assert "replicas" not in objects["Deployment"]["spec"], "the HPA owns the replica count"
-    larger = render(VALUE_SETS["larger"])["HorizontalPodAutoscaler"]["spec"]
+    larger = render_chart(VALUE_SETS["larger"])["HorizontalPodAutoscaler"]["spec"]
     assert (larger["minReplicas"], larger["maxReplicas"]) == (3, 8)
 
 
 def test_ingress_is_https_with_the_certificate_and_redirects_http() -> None:
-    ingress = render(VALUE_SETS["defaults"])["Ingress"]
+    ingress = render_chart(VALUE_SETS["defaults"])["Ingress"]
     annotations = ingress["metadata"]["annotations"]
     assert (
         annotations["alb.ingress.kubernetes.io/certificate-arn"]
@@ -123,19 +114,19 @@ def test_ingress_is_https_with_the_certificate_and_redirects_http() -> None:
 
 
 def test_ingress_restricts_sources_when_asked() -> None:
-    annotations = render(VALUE_SETS["larger"])["Ingress"]["metadata"]["annotations"]
+    annotations = render_chart(VALUE_SETS["larger"])["Ingress"]["metadata"]["annotations"]
     assert annotations["alb.ingress.kubernetes.io/inbound-cidrs"] == "203.0.113.0/24"
     assert annotations["alb.ingress.kubernetes.io/scheme"] == "internal"
 
 
 def test_probes_check_health() -> None:
-    container = _container(render(VALUE_SETS["defaults"]))
+    container = _container(render_chart(VALUE_SETS["defaults"]))
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}
 
 
 def test_service_account_has_the_irsa_role() -> None:
-    objects = render(VALUE_SETS["defaults"])
+    objects = render_chart(VALUE_SETS["defaults"])
     account = objects["ServiceAccount"]
     assert (
         account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
@@ -146,49 +137,90 @@ def test_service_account_has_the_irsa_role() -> None:
 
 
 def test_credentials_come_from_secrets_only() -> None:
-    objects = render(VALUE_SETS["defaults"])
+    objects = render_chart(VALUE_SETS["defaults"])
     env = _env(objects)
     secret_refs = {
         name: e["valueFrom"]["secretKeyRef"] for name, e in env.items() if "valueFrom" in e
     }
     assert secret_refs == {
-        "PGUSER": {"name": "mlflow-db", "key": "username"},
-        "PGPASSWORD": {"name": "mlflow-db", "key": "password"},
         "MLFLOW_AUTH_ADMIN_USERNAME": {"name": "mlflow-admin", "key": "admin-username"},
         "MLFLOW_AUTH_ADMIN_PASSWORD": {"name": "mlflow-admin", "key": "admin-password"},
         "MLFLOW_FLASK_SERVER_SECRET_KEY": {"name": "mlflow-admin", "key": "flask-secret-key"},
     }
-    # The database URI carries no credentials; libpq takes them from PGUSER / PGPASSWORD.
+    # The database URI carries no credentials; libpq takes the password from the file the
+    # sidecar keeps from the RDS-managed secret (tests/integration/mlflow_server/
+    # test_mlflow_image.py runs both for real).
     uri = env["MLFLOW_BACKEND_STORE_URI"]["value"]
     assert uri == (
-        "postgresql://rayvision.abcdefgh.eu-west-1.rds.amazonaws.com:5432/mlflow?sslmode=require"
+        "postgresql+psycopg2://rayvision.abcdefgh.eu-west-1.rds.amazonaws.com:5432/mlflow?sslmode=require"
     )
+    assert "PGPASSWORD" not in env
     assert "Secret" not in objects, "the chart must not create secrets with values in them"
     ini = objects["ConfigMap"]["data"]["basic_auth.ini"]
     assert f"database_uri = {uri}" in ini
     assert "password" not in ini
 
 
+def _pod(objects: dict[str, dict[str, Any]], kind: str) -> dict[str, Any]:
+    pod: dict[str, Any] = objects[kind]["spec"]["template"]["spec"]
+    return pod
+
+
+def test_the_password_file_is_kept_by_a_sidecar_from_the_rds_secret() -> None:
+    objects = render_chart(VALUE_SETS["defaults"])
+    pod = _pod(objects, "Deployment")
+    (sidecar,) = pod["initContainers"]
+    assert sidecar["restartPolicy"] == "Always", "a native sidecar, restarted if it dies"
+    secret = REQUIRED["database"]["passwordSecretArn"]
+    assert f"--secret-id={secret}" in sidecar["args"]
+    password_file = _env(objects)["PGPASSFILE"]["value"]
+    assert f"--file={password_file}" in sidecar["args"]
+    assert password_file in sidecar["startupProbe"]["exec"]["command"]
+    # The file is in memory and shared by the two containers only; the server cannot write it.
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "db-credentials"]
+    assert volume["emptyDir"]["medium"] == "Memory"
+    mounts = {c["name"]: c["volumeMounts"] for c in pod["containers"] + pod["initContainers"]}
+    server_mount = next(m for m in mounts["mlflow"] if m["name"] == "db-credentials")
+    assert server_mount.get("readOnly") is True
+    assert password_file.startswith(server_mount["mountPath"] + "/")
+
+
+def test_a_chart_upgrade_upgrades_the_database_schema_first() -> None:
+    objects = render_chart(VALUE_SETS["defaults"])
+    job = objects["Job"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade"
+    pod = _pod(objects, "Job")
+    (upgrade,) = pod["containers"]
+    assert upgrade["command"] == ["mlflow", "db", "upgrade"]
+    assert upgrade["args"] == [_env(objects)["MLFLOW_BACKEND_STORE_URI"]["value"]]
+    assert upgrade["image"] == _container(objects)["image"], "the new version's image"
+    (pgpass,) = pod["initContainers"]
+    assert "--once" in pgpass["args"]
+    assert pod["serviceAccountName"] == _pod(objects, "Deployment")["serviceAccountName"]
+
+
 def test_auth_and_artifact_proxy_in_the_server_command() -> None:
-    args = _container(render(VALUE_SETS["defaults"]))["args"]
+    args = _container(render_chart(VALUE_SETS["defaults"]))["args"]
     assert "--app-name=basic-auth" in args
     assert "--serve-artifacts" in args
     assert f"--artifacts-destination={REQUIRED['artifactsDestination']}" in args
-    objects = render(VALUE_SETS["no-auth-no-ingress"])
+    objects = render_chart(VALUE_SETS["no-auth-no-ingress"])
     assert "--app-name=basic-auth" not in _container(objects)["args"]
     assert "Ingress" not in objects
     assert "ConfigMap" not in objects
 
 
 def test_allowed_hosts_cover_ingress_and_cluster_names() -> None:
-    hosts = _env(render(VALUE_SETS["larger"]))["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
+    hosts = _env(render_chart(VALUE_SETS["larger"]))["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(
+        ","
+    )
     assert "mlflow.example.com" in hosts
     assert "mlflow.internal.example.com" in hosts
     assert "mlflow.mlflow.svc.cluster.local:5000" in hosts
 
 
 def test_pod_disruption_budget_keeps_one_server() -> None:
-    objects = render(VALUE_SETS["defaults"])
+    objects = render_chart(VALUE_SETS["defaults"])
     pdb = objects["PodDisruptionBudget"]["spec"]
     assert pdb["minAvailable"] == 1
     pod_labels = objects["Deployment"]["spec"]["template"]["metadata"]["labels"]
@@ -196,7 +228,7 @@ def test_pod_disruption_budget_keeps_one_server() -> None:
 
 
 def test_resources_and_hardening() -> None:
-    objects = render(VALUE_SETS["defaults"])
+    objects = render_chart(VALUE_SETS["defaults"])
     container = _container(objects)
     assert {"cpu", "memory"} <= container["resources"]["requests"].keys()
     assert {"cpu", "memory"} <= container["resources"]["limits"].keys()
@@ -225,17 +257,35 @@ def test_bad_values_fail_the_schema(override: dict[str, Any], message: str) -> N
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError, match=message):
         chart.validate_schema(chart.merge_values(values))
     with pytest.raises(helm.HelmValuesError, match=message):
-        render(values)
+        render_chart(values)
 
 
 def test_max_below_min_replicas_fails() -> None:
     values = _merge(REQUIRED, {"autoscaling": {"minReplicas": 4, "maxReplicas": 3}})
     with pytest.raises(helm.HelmRenderError, match="maxReplicas must be at least"):
-        render(values)
+        render_chart(values)
 
 
 @pytest.mark.parametrize("missing", ["image", "serviceAccount", "database", "ingress"])
 def test_missing_required_value_is_named(missing: str) -> None:
     values = {k: v for k, v in REQUIRED.items() if k != missing}
     with pytest.raises(helm.HelmRenderError, match=rf"{missing}\.\w+ is required"):
-        render(values)
+        render_chart(values)
+
+
+def _flat_keys(values: dict[str, Any], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for key, value in values.items():
+        if isinstance(value, dict):
+            keys |= _flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+def test_the_setup_script_sets_exactly_the_values_the_chart_requires() -> None:
+    """03-mlflow.sh's `--set`s are REQUIRED's keys (and the image tag of the commit): a value
+    the chart needs and the script does not pass (database.passwordSecretArn, say) fails the
+    install."""
+    script = (SETUP / "03-mlflow.sh").read_text()
+    assert set(re.findall(r"--set ([\w.]+)=", script)) == _flat_keys(REQUIRED) | {"image.tag"}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # 03: the central MLflow tracking server (Helm chart cluster/charts/mlflow): its image in ECR, the
-# database and admin credentials as Kubernetes Secrets, the release, and DNS names for the ALB.
+# admin credentials as a Kubernetes Secret, the release, and DNS names for the ALB.
 # Idempotent: the image is built once per commit, secrets keep their values across reruns, helm
 # upgrade --install converges, DNS records are UPSERTed.
 set -euo pipefail
@@ -22,13 +22,8 @@ build_and_push "${mlflow_repo}:${mlflow_image_tag}" cluster/docker/mlflow.Docker
 
 log "namespace ${MLFLOW_NAMESPACE}: credentials"
 apply_generated kubectl create namespace "${MLFLOW_NAMESPACE}"
-# The database password is created and rotated by RDS in Secrets Manager.
-rds_password() {
-  aws secretsmanager get-secret-value --secret-id "$1" --query SecretString --output text |
-    jq -r .password
-}
-db_password="$(capture db_password rds_password "$(tf_output rds_master_secret_arn)")"
-apply_secret "${MLFLOW_NAMESPACE}" mlflow-db username=mlflow "password=${db_password}"
+# The database password stays in Secrets Manager, where RDS rotates it: the chart's sidecar reads
+# it with the pods' IAM role (database.passwordSecretArn), so no copy of it is made here.
 apply_secret "${MLFLOW_NAMESPACE}" mlflow-admin admin-username=admin \
   "admin-password=$(random_or_existing "${MLFLOW_NAMESPACE}" mlflow-admin admin-password)" \
   "flask-secret-key=$(random_or_existing "${MLFLOW_NAMESPACE}" mlflow-admin flask-secret-key)"
@@ -40,6 +35,7 @@ run helm upgrade --install mlflow "${REPO_ROOT}/cluster/charts/mlflow" \
   --set serviceAccount.roleArn="$(tf_map_output irsa_role_arns mlflow)" \
   --set artifactsDestination="$(tf_output mlflow_artifacts_uri)" \
   --set database.host="$(tf_output rds_endpoint)" \
+  --set database.passwordSecretArn="$(tf_output rds_master_secret_arn)" \
   --set ingress.host="${mlflow_host}" \
   --set ingress.certificateArn="$(tf_output certificate_arn)"
 

@@ -7,7 +7,7 @@ locals {
     mlflow = {
       namespace       = "mlflow"
       service_account = "mlflow"
-      policy          = data.aws_iam_policy_document.bucket_prefix["mlflow"].json
+      policy          = data.aws_iam_policy_document.mlflow.json
     }
     ray = {
       namespace       = "rayvision"
@@ -91,6 +91,19 @@ data "aws_iam_policy_document" "bucket_prefix" {
     sid       = "UseBucketKey"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [aws_kms_key.main.arn]
+  }
+}
+
+# The MLflow pods also read the database password RDS keeps (and rotates) in Secrets Manager: the
+# chart's sidecar turns it into libpq's password file. The secret is encrypted with the main key,
+# which bucket_prefix already lets them decrypt.
+data "aws_iam_policy_document" "mlflow" {
+  source_policy_documents = [data.aws_iam_policy_document.bucket_prefix["mlflow"].json]
+
+  statement {
+    sid       = "ReadDatabasePassword"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [aws_db_instance.mlflow.master_user_secret[0].secret_arn]
   }
 }
 

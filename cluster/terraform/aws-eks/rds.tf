@@ -1,6 +1,6 @@
 # PostgreSQL for MLflow's backend store (runs, metrics, registry, users): Multi-AZ, encrypted,
 # private, with automated backups. Its master password is created and rotated by RDS in Secrets
-# Manager (never in Terraform state); 03-mlflow.sh copies it into a Kubernetes Secret.
+# Manager (never in Terraform state); the MLflow pods read it there (the chart's pgpass sidecar).
 resource "aws_db_subnet_group" "main" {
   name       = var.name
   subnet_ids = aws_subnet.private[*].id

@@ -4,11 +4,11 @@ own checks accept the server's environment."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import shutil
 import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from cluster.mlflow.settings import (
     ServerSettings,
     split_s3_uri,
 )
+from tests.image_env import build
 from tests.support import free_port, http_ok, stop_process_group, wait_for
 
 from .conftest import REPO, Stack, database_exists, drop_database, store_uri
@@ -154,8 +155,12 @@ def test_image_build_context_holds_what_the_dockerfile_copies() -> None:
 def test_the_containers_command_checks_migrates_and_becomes_the_server(
     stack: Stack, tmp_path: Path
 ) -> None:
-    """`stack serve` with the compose service's environment, its hosts pointed at this test's
-    PostgreSQL and S3 endpoint: it creates and migrates the database, then execs the server."""
+    """The image's CMD, in its Python environment (built from the Dockerfile's install line)
+    and its WORKDIR (only the files it copies), with the compose service's environment, its
+    hosts pointed at this test's PostgreSQL and S3 endpoint: it creates and migrates the
+    database, then execs the server."""
+    image = build(LOCAL / "Dockerfile", tmp_path)
+    (cmd,) = re.findall(r"^CMD (\[.*\])$", (LOCAL / "Dockerfile").read_text(), re.MULTILINE)
     env = {
         name: str(value) for name, value in _compose()["services"]["mlflow"]["environment"].items()
     }
@@ -174,9 +179,9 @@ def test_the_containers_command_checks_migrates_and_becomes_the_server(
         "TMPDIR": str(tmp_path),
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "cluster.mlflow.stack", "serve"],
-        cwd=REPO,
-        env=stack.script_env(**env),
+        json.loads(cmd),
+        cwd=image.workdir,
+        env=image.env(env),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -184,8 +189,8 @@ def test_the_containers_command_checks_migrates_and_becomes_the_server(
     try:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/health"), 120, "the served /health")
         # exec: the container's main process is the server itself, which gets the signals.
-        args = subprocess.check_output(["ps", "-o", "args=", "-p", str(process.pid)], text=True)
-        assert "mlflow server" in args
+        args = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
+        assert args[1:4] == [b"-m", b"mlflow", b"server"]
         assert database_exists(database)
         search = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search"
         assert requests.get(search, timeout=10).status_code == 401
