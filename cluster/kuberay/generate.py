@@ -34,6 +34,8 @@ from serve.throughput import FRONT_HAPROXY, HIGH_THROUGHPUT_ENV, front_haproxy_e
 SERVE_CONFIG = REPO / "serve" / "config.yaml"
 RAYCLUSTER = HERE / "raycluster" / "raycluster.yaml"
 GPU = "nvidia.com/gpu"
+# The Ray resource of the driver group (raycluster.yaml); every RayJob's driver asks for it.
+DRIVER_RESOURCE = "driver"
 # Pods are reached through Kubernetes Services, and HAProxy on one node forwards to ingress
 # replicas on others: Serve binds every interface there (serve/config.yaml's is a laptop's).
 # Where the image (cluster/docker/Dockerfile) keeps the project's code.
@@ -114,6 +116,15 @@ def _served_model(pipelines: dict[str, Any]) -> str:
     return names.pop()
 
 
+def embedded_spec(cluster: dict[str, Any]) -> dict[str, Any]:
+    """The long-lived RayCluster's spec for a cluster that a RayService or a RayJob creates:
+    without upgradeStrategy, which KubeRay accepts only on a RayCluster a user creates (they
+    replace their clusters on a change anyway)."""
+    spec = copy.deepcopy(cluster["spec"])
+    spec.pop("upgradeStrategy", None)
+    return spec
+
+
 def _serving_cluster(spec: dict[str, Any], model_name: str) -> dict[str, Any]:
     """Serving runs on CPUs (a GPU-trained model loads on CPU) with one worker always up, in
     Ray's high-throughput Serve mode (HAProxy on port 8000 of every pod), and serves the model
@@ -130,7 +141,7 @@ def _serving_cluster(spec: dict[str, Any], model_name: str) -> dict[str, Any]:
     groups = []
     for group in spec["workerGroupSpecs"]:
         limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
-        if GPU in limits:
+        if GPU in limits or DRIVER_RESOURCE in custom_resources(group):
             continue
         group["replicas"] = group["minReplicas"] = max(1, group["minReplicas"])
         groups.append(group)
@@ -158,7 +169,7 @@ def rayservice(
             # a change to serveConfigV2 alone is applied in place.
             "upgradeStrategy": {"type": "NewCluster"},
             "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
-            "rayClusterConfig": _serving_cluster(cluster["spec"], model_name),
+            "rayClusterConfig": _serving_cluster(embedded_spec(cluster), model_name),
         },
     }
 
@@ -202,6 +213,17 @@ def _quantity(value: Any) -> float:
     return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
+def custom_resources(group: dict[str, Any]) -> dict[str, float]:
+    """A group's custom Ray resources: rayStartParams' `resources`, JSON inside a quoted string
+    as KubeRay takes it ('"{\\"driver\\": 1}"')."""
+    text = (group.get("rayStartParams") or {}).get("resources")
+    if not text:
+        return {}
+    parsed = json.loads(text)
+    resources: dict[str, float] = json.loads(parsed) if isinstance(parsed, str) else parsed
+    return resources
+
+
 def autoscaler_node_types(spec: dict[str, Any]) -> dict[str, Any]:
     """The worker groups as the autoscaler sees them (Ray resources per pod, maxReplicas), in
     the shape RAYVISION_AUTOSCALER_NODE_TYPES takes: Ray 2.60 reports no node types to a job,
@@ -212,9 +234,12 @@ def autoscaler_node_types(spec: dict[str, Any]) -> dict[str, Any]:
         params = group.get("rayStartParams") or {}
         # KubeRay advertises the container's CPU limit rounded up (or num-cpus), and
         # nvidia.com/gpu as GPU.
-        resources = {"CPU": math.ceil(float(params.get("num-cpus", _quantity(limits["cpu"]))))}
+        resources: dict[str, float] = {
+            "CPU": math.ceil(float(params.get("num-cpus", _quantity(limits["cpu"]))))
+        }
         if GPU in limits or "num-gpus" in params:
             resources["GPU"] = int(params.get("num-gpus", limits.get(GPU, 0)))
+        resources |= custom_resources(group)
         types[group["groupName"]] = {"resources": resources, "max_workers": group["maxReplicas"]}
     return types
 
@@ -279,11 +304,14 @@ def rayjob_spec(
     job: dict[str, Any], cluster: dict[str, Any], finished_job_ttl_s: int
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {"entrypoint": job["entrypoint"]}
+    # The driver runs in the driver group (raycluster.yaml), not on the small head: it loads
+    # the dataset and holds it in its node's object store.
+    spec["entrypointResources"] = json.dumps({DRIVER_RESOURCE: 1})
     spec["runtimeEnvYAML"] = _runtime_env(cluster["spec"])
     if job["cluster"] == "shared":
         spec["clusterSelector"] = {"ray.io/cluster": cluster["metadata"]["name"]}
     elif job["cluster"] == "own":
-        spec["rayClusterSpec"] = copy.deepcopy(cluster["spec"])
+        spec["rayClusterSpec"] = embedded_spec(cluster)
     else:
         raise SystemExit(f"pipelines.yaml: cluster must be 'shared' or 'own', not {job['cluster']}")
     spec["deletionStrategy"] = {"deletionRules": deletion_rules(job, finished_job_ttl_s)}

@@ -10,12 +10,12 @@ Differences from KubeRay, on purpose: the idle timeout runs in seconds instead o
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from cluster.kuberay.generate import autoscaler_node_types
 from tests.cluster.clusterlib import KUBERAY, load_yaml
 from tests.cluster.local_ray import LocalRayCluster
 
@@ -28,22 +28,19 @@ FAKE_HEAD_NODE_ID = "f" * 51 + "00000"  # the fake provider's fixed head id
 FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
 
 
-def _node_type(group: dict[str, Any]) -> dict[str, Any]:
-    """A worker group as an autoscaler node type: its pods' resources and its bounds."""
-    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
-    cpu = str(limits["cpu"])
-    resources: dict[str, Any] = {
-        # KubeRay advertises the CPU limit rounded up, and nvidia.com/gpu as GPU.
-        "CPU": math.ceil(int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)),
-        "object_store_memory": 100 * 1024**2,  # small: every fake node shares this machine
-    }
-    if "nvidia.com/gpu" in limits:
-        resources["GPU"] = int(limits["nvidia.com/gpu"])
+def _node_types() -> dict[str, Any]:
+    """The worker groups as autoscaler node types: their Ray resources as KubeRay advertises
+    them (generate.py, which also tells a sweep what the cluster can add) and their bounds."""
+    groups = {group["groupName"]: group for group in RAYCLUSTER["spec"]["workerGroupSpecs"]}
     return {
-        "resources": resources,
-        "node_config": {},
-        "min_workers": group["minReplicas"],
-        "max_workers": group["maxReplicas"],
+        name: {
+            # object_store_memory small: every fake node shares this machine.
+            "resources": {**node_type["resources"], "object_store_memory": 100 * 1024**2},
+            "node_config": {},
+            "min_workers": groups[name]["minReplicas"],
+            "max_workers": node_type["max_workers"],
+        }
+        for name, node_type in autoscaler_node_types(RAYCLUSTER["spec"]).items()
     }
 
 
@@ -53,7 +50,7 @@ def head_cpus() -> int:
 
 def _autoscaling_config(gcs_address: str) -> dict[str, Any]:
     spec = RAYCLUSTER["spec"]
-    node_types = {group["groupName"]: _node_type(group) for group in spec["workerGroupSpecs"]}
+    node_types = _node_types()
     node_types["ray.head.default"] = {
         "resources": {"CPU": head_cpus()},
         "node_config": {},
@@ -132,10 +129,12 @@ def state(cluster: LocalRayCluster, kind: str) -> list[dict[str, Any]]:
     return found
 
 
-def alive_workers(cluster: LocalRayCluster, resource: str = "CPU") -> list[dict[str, Any]]:
-    """The live worker nodes (not the head) that offer ``resource``."""
+def alive_workers(cluster: LocalRayCluster, resource: str | None = None) -> list[dict[str, Any]]:
+    """The live worker nodes (not the head), or those of them that offer ``resource``."""
     return [
         n
         for n in state(cluster, "nodes")
-        if n["state"] == "ALIVE" and not n["is_head_node"] and n["resources_total"].get(resource)
+        if n["state"] == "ALIVE"
+        and not n["is_head_node"]
+        and (resource is None or n["resources_total"].get(resource))
     ]

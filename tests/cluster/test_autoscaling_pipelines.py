@@ -42,16 +42,29 @@ from ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_cli
     AUTOSCALING_REQUESTS_EXPIRE_TIME_S,
 )
 
+from cluster.kuberay.generate import DRIVER_RESOURCE
 from tests.cluster.autoscaling import alive_workers, head_cpus, simulated_raycluster, state
 from tests.cluster.clusterlib import KUBERAY, REPO, render_manifest
+from tests.cluster.iam import (
+    ARROW_BACKEND_PROBE,
+    TEST_KMS_KEY_ARN,
+    RecordingProxy,
+    bucket_name,
+    decisions,
+    role_policies,
+    s3_requests_to_authorizations,
+)
 from tests.cluster.local_ray import RAY, LocalRayCluster
 from tests.conftest import MlflowServer
 from tests.support import JobsApi, free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
-BUCKET = "rayvision-checkpoints"
-STORAGE_PREFIX = "rayvision"
+# The bucket and prefix of the deployment (02-cluster.sh: RAYVISION_STORAGE_PATH s3://BUCKET/ray),
+# so that the Ray pods' S3 calls can be checked against their role in iam.tf.
+BUCKET = bucket_name()
+STORAGE_PREFIX = "ray"
+RAY_PODS_KEY = "ray-pods"  # the access key of the Ray pods' IAM role (IRSA) here
 # Every job's flags as pipelines.yaml has them, but for these.
 SIMULATION = {"--dataset": "digits", "--batch-size": "64", "--num-samples": "2"}
 # Back at rest within this after a job ends: what Ray Train asked the autoscaler for is released
@@ -67,7 +80,8 @@ NOTICE_S = 10  # a spot interruption notice (AWS gives 120 s)
 @dataclass
 class SimulatedCluster:
     ray: LocalRayCluster
-    s3: Any  # a boto3 S3 client on the endpoint
+    s3: Any  # the test's own boto3 S3 client, straight to the endpoint (not recorded)
+    recorder: RecordingProxy  # the endpoint the pods use: every request they make, recorded
     mlflow: MlflowClient
     submitter_env: dict[str, str]
 
@@ -92,20 +106,29 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def recorder(s3_endpoint: str) -> Iterator[RecordingProxy]:
+    with RecordingProxy(s3_endpoint) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="module")
 def simulated(
-    s3_endpoint: str, mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory
+    s3_endpoint: str,
+    recorder: RecordingProxy,
+    mlflow_server: MlflowServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[SimulatedCluster]:
     aws = {
         # The pods' IAM role on EKS; static keys for the test endpoint here.
-        "AWS_ENDPOINT_URL": s3_endpoint,
-        "AWS_ACCESS_KEY_ID": "simulated",
+        "AWS_ENDPOINT_URL": recorder.endpoint,
+        "AWS_ACCESS_KEY_ID": RAY_PODS_KEY,
         "AWS_SECRET_ACCESS_KEY": "simulated",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     s3 = boto3.client(
         "s3",
         endpoint_url=s3_endpoint,
-        aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
+        aws_access_key_id="test-inspector",
         aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
         region_name=aws["AWS_DEFAULT_REGION"],
     )
@@ -131,7 +154,11 @@ def simulated(
     )
     try:
         yield SimulatedCluster(
-            cluster, s3, MlflowClient(mlflow_server.uri), {**cluster.client_env(), **config_map}
+            cluster,
+            s3,
+            recorder,
+            MlflowClient(mlflow_server.uri),
+            {**cluster.client_env(), **config_map},
         )
     finally:
         cluster.stop()
@@ -180,6 +207,7 @@ def _submit(cluster: SimulatedCluster, name: str, entrypoint: str) -> str:
     command = (
         f"{RAY} job submit --no-wait --address {cluster.ray.dashboard_url} "
         f"--runtime-env-json {shlex.quote(json.dumps(runtime_env))} "
+        f"--entrypoint-resources {shlex.quote(spec['entrypointResources'])} "
         f"--submission-id {submission_id} -- {entrypoint}"
     )
     subprocess.run(
@@ -194,17 +222,21 @@ def _submit(cluster: SimulatedCluster, name: str, entrypoint: str) -> str:
 
 
 def _finish(cluster: SimulatedCluster, submission_id: str, timeout: float) -> list[int]:
-    """Wait for the job to succeed; returns the live worker counts seen while it ran."""
+    """Wait for the job to succeed; returns the counts of live workers with CPUs (not the
+    driver's) seen while it ran."""
     seen: list[int] = []
 
     def finished() -> dict[str, Any] | None:
-        seen.append(len(alive_workers(cluster.ray)))
+        seen.append(len(alive_workers(cluster.ray, "CPU")))
         info = cluster.jobs.info(submission_id)
         return info if info["status"] in ("SUCCEEDED", "FAILED", "STOPPED") else None
 
     info = wait_for(finished, timeout, f"job {submission_id}", interval=1)
     logs = cluster.jobs.logs(submission_id)
     assert info["status"] == "SUCCEEDED", f"{info.get('message')}\n{logs[-4000:]}"
+    # The driver ran in the driver group (entrypointResources), not on the head.
+    nodes = {node["node_id"]: node for node in state(cluster.ray, "nodes")}
+    assert DRIVER_RESOURCE in nodes[info["driver_node_id"]]["resources_total"]
     return seen
 
 
@@ -336,8 +368,8 @@ def test_a_node_lost_mid_training_costs_one_restart_not_the_run(
     _finish(cluster, submission_id, 900)
     logs = cluster.jobs.logs(submission_id)
     assert "resumed from checkpoint after epoch" in logs, "the run started over"
-    decisions = [line for line in logs.splitlines() if "Source:" in line or "reempt" in line]
-    assert f"Source: {charged_to}" in logs, f"charged to the wrong budget: {decisions}"
+    budget_lines = [line for line in logs.splitlines() if "Source:" in line or "reempt" in line]
+    assert f"Source: {charged_to}" in logs, f"charged to the wrong budget: {budget_lines}"
     (run,) = _runs(cluster, run_name)
     assert run.info.status == "FINISHED"
     history = cluster.mlflow.get_metric_history(run.info.run_id, "epoch")
@@ -415,3 +447,27 @@ def test_a_sweep_trial_survives_the_loss_of_its_node(simulated: SimulatedCluster
     history = cluster.mlflow.get_metric_history(child.info.run_id, "epoch")
     assert sorted(m.value for m in history) == [float(e) for e in range(1, epochs + 1)]
     _at_rest(cluster)
+
+
+def test_every_s3_call_of_ray_train_and_tune_is_one_the_ray_role_allows(
+    simulated: SimulatedCluster,
+) -> None:
+    """Every S3 request the Ray pods made in this module's runs (Ray Train's and Tune's storage
+    through pyarrow: checkpoints, sweep state, restores after a lost node), evaluated against
+    the ray role of iam.tf. Last in the module: it checks what the others made the pods do."""
+    checks = [
+        check
+        for check in s3_requests_to_authorizations(
+            simulated.recorder.requests, kms_key_arn=TEST_KMS_KEY_ARN, kms_buckets=[BUCKET]
+        )
+        if check.resource != ARROW_BACKEND_PROBE
+    ]
+    assert {c.operation for c in checks} >= {"HeadBucket", "PutObject", "ListObjectsV2"}
+    assert {c.principal for c in checks} == {RAY_PODS_KEY}
+    policy = role_policies()["ray"]
+    denied = {
+        f"{check.operation} {check.resource}: {decision.reason}"
+        for check, decision in decisions(checks, {RAY_PODS_KEY: policy})
+        if not decision.allowed
+    }
+    assert denied == set()

@@ -4,6 +4,7 @@ own schemas, generated files in sync with their sources, and the platform's poli
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -299,9 +300,45 @@ def test_tune_job_brings_its_own_cluster_and_removes_it() -> None:
     assert "clusterSelector" not in spec
     assert spec["activeDeadlineSeconds"] > 0
     cluster_spec = render_manifest(KUBERAY / "raycluster" / "raycluster.yaml")[0]["spec"]
-    assert spec["rayClusterSpec"] == cluster_spec
+    assert spec["rayClusterSpec"] == {
+        k: v for k, v in cluster_spec.items() if k != "upgradeStrategy"
+    }
     for policies in _deletions(spec).values():
         assert 0 < policies["DeleteCluster"] < policies["DeleteSelf"]
+
+
+def test_a_redeploy_replaces_the_long_lived_clusters_pods() -> None:
+    """KubeRay 1.6.2 leaves running pods on the old image unless upgradeStrategy is Recreate,
+    and refuses the field on clusters a RayJob or RayService creates (validation.go,
+    ValidateRayClusterUpgradeOptions): the embedded specs leave it out."""
+    assert RAYCLUSTER["spec"]["upgradeStrategy"] == {"type": "Recreate"}
+    (service,) = _docs("rayservice.yaml")
+    assert "upgradeStrategy" not in service["spec"]["rayClusterConfig"]
+    for path in sorted(KUBERAY.glob("ray*job-*.yaml")):
+        (doc,) = render_manifest(path)
+        spec = doc["spec"].get("jobTemplate", doc["spec"])
+        assert "upgradeStrategy" not in spec.get("rayClusterSpec", {}), path.name
+
+
+def test_job_drivers_run_in_their_own_on_demand_group_not_on_the_head() -> None:
+    """A driver loads the dataset: not on the 2 GiB head beside the GCS, and not on spot nodes,
+    whose reclaim would end the whole job. The group offers no CPU, so nothing else lands there,
+    and the serving cluster has none."""
+    head = RAYCLUSTER["spec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    driver = worker_group(RAYCLUSTER["spec"], "driver")
+    assert driver["rayStartParams"]["num-cpus"] == "0"
+    assert driver["template"]["spec"]["nodeSelector"] == {"rayvision.io/pool": "system"}
+    assert driver["minReplicas"] == 0
+    for path in sorted(KUBERAY.glob("ray*job-*.yaml")):
+        (doc,) = render_manifest(path)
+        spec = doc["spec"].get("jobTemplate", doc["spec"])
+        wanted = json.loads(spec["entrypointResources"])
+        assert wanted == {"driver": 1}, path.name
+        assert "entrypointNumCpus" not in spec, path.name
+    (service,) = _docs("rayservice.yaml")
+    groups = [g["groupName"] for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]]
+    assert "driver" not in groups
 
 
 def test_finished_jobs_are_deleted_however_they_end() -> None:

@@ -78,6 +78,21 @@ data "aws_iam_policy_document" "bucket_prefix" {
     }
   }
 
+  # HeadBucket, which pyarrow (Ray Train's and Tune's storage) calls before creating a
+  # directory, is authorised as ListBucket with no s3:prefix; so is the 404 (instead of 403) for a
+  # missing key, which pyarrow needs to tell "not there" from "forbidden". The price: a listing
+  # without a prefix is allowed too, so each role can see the other's key names, not their data.
+  statement {
+    sid       = "HeadBucketAndMissingKeys"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.artifacts.arn]
+    condition {
+      test     = "Null"
+      variable = "s3:prefix"
+      values   = ["true"]
+    }
+  }
+
   statement {
     sid = "ReadWriteOwnPrefix"
     actions = [
