@@ -33,13 +33,17 @@ class Dockerfile:
     args: dict[str, str]  # ARG defaults
     copies: dict[PurePosixPath, Path]  # destination in the image -> source in the repository
     workdir: PurePosixPath
-    installs: list[str]  # the `pip install ...` commands of its RUN instructions
+    # The `pip install ...` commands of its RUN instructions, each with the WORKDIR it ran in.
+    installs: list[tuple[str, PurePosixPath]]
+    env: dict[str, str]  # ENV
 
     @classmethod
     def parse(cls, path: Path) -> Dockerfile:
         text = re.sub(r"\\\n", " ", path.read_text())
-        base, installs = "", []
+        base = ""
+        installs: list[tuple[str, PurePosixPath]] = []
         args: dict[str, str] = {}
+        env: dict[str, str] = {}
         copies: dict[PurePosixPath, Path] = {}
         workdir = PurePosixPath("/")
         for raw in text.splitlines():
@@ -59,17 +63,24 @@ class Dockerfile:
                 case "COPY":
                     *sources, destination = [w for w in shlex.split(rest) if not w.startswith("--")]
                     (source,) = sources
-                    copies[workdir / destination] = REPO / source
+                    target = workdir / destination
+                    if destination.endswith("/") and (REPO / source).is_file():
+                        target = target / PurePosixPath(source).name  # COPY file dir/
+                    copies[target] = REPO / source
+                case "ENV":
+                    env |= dict(word.split("=", 1) for word in shlex.split(rest))
                 case "RUN":
-                    installs += [c.strip() for c in rest.split("&&") if "pip install" in c]
-        return cls(base, args, copies, workdir, installs)
+                    commands = [c.strip() for c in rest.split("&&") if "pip install" in c]
+                    installs += [(command, workdir) for command in commands]
+        return cls(base, args, copies, workdir, installs, env)
 
     def python_version(self) -> str:
-        """The Python of a python:X.Y-* base image."""
-        found = re.match(r"python:(\d+\.\d+)", self.base)
-        if not found:
-            raise ValueError(f"{self.base}: not a python:X.Y image")
-        return found.group(1)
+        """The Python of the base image: python:X.Y-* or a tag with -pyXY (rayproject/ray)."""
+        if found := re.match(r"python:(\d+\.\d+)", self.base):
+            return found.group(1)
+        if found := re.search(r":[^:]*-py(\d)(\d+)\b", self.base):
+            return f"{found.group(1)}.{found.group(2)}"
+        raise ValueError(f"{self.base}: no Python version in the base image's name")
 
 
 def _substitute(text: str, args: dict[str, str]) -> str:
@@ -80,26 +91,27 @@ def _substitute(text: str, args: dict[str, str]) -> str:
 class ImageEnv:
     venv: Path
     workdir: Path  # the image's WORKDIR, holding what the Dockerfile copies there
+    image_env: dict[str, str]  # its ENV, with its WORKDIR's path pointing at ``workdir``
 
     def bin(self, name: str) -> str:
         return str(self.venv / "bin" / name)
 
     def env(self, extra: dict[str, str]) -> dict[str, str]:
-        """An environment whose `python` and `mlflow` are the image's."""
+        """An environment whose `python` and `mlflow` are the image's, with its ENV."""
         path = f"{self.venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
-        return {"PATH": path, "HOME": os.environ.get("HOME", "/tmp"), **extra}
+        return {"PATH": path, "HOME": os.environ.get("HOME", "/tmp"), **self.image_env, **extra}
 
 
 def _install_command(dockerfile: Dockerfile, pip: str) -> list[str]:
     words: list[str] = []
-    for command in dockerfile.installs:
+    for command, workdir in dockerfile.installs:
         # `pip install A B` (or `python -m pip install`): the arguments after `install`.
         arguments = shlex.split(command)
         arguments = arguments[arguments.index("install") + 1 :]
         for word in arguments:
             if word == "--no-cache-dir":
                 continue
-            copied = dockerfile.copies.get(PurePosixPath(word))
+            copied = dockerfile.copies.get(workdir / word)
             words.append(str(copied) if copied else word)
     return [pip, "install", "--disable-pip-version-check", "--quiet", *words]
 
@@ -131,10 +143,18 @@ def build(dockerfile_path: Path, into: Path) -> ImageEnv:
 
     root = into / "image"
     for destination, source in dockerfile.copies.items():
-        if destination.is_relative_to(dockerfile.workdir) and source.is_file():
-            target = root / destination.relative_to("/")
+        if not destination.is_relative_to(dockerfile.workdir):
+            continue
+        target = root / destination.relative_to("/")
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
     workdir = root / dockerfile.workdir.relative_to("/")
     workdir.mkdir(parents=True, exist_ok=True)
-    return ImageEnv(venv, workdir)
+    image_env = {
+        name: value.replace(str(dockerfile.workdir), str(workdir))
+        for name, value in dockerfile.env.items()
+    }
+    return ImageEnv(venv, workdir, image_env)

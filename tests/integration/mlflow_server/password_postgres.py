@@ -3,7 +3,8 @@
 administration. The shared test server trusts every connection, so a wrong password would pass
 there unnoticed.
 
-Started with the PostgreSQL binaries of `pg_config --bindir`, as the `postgres` user when the
+Started with the PostgreSQL server binaries (`pg_config --bindir`, or /usr/lib/postgresql/N/bin)
+as the `postgres` user when the
 tests run as root (the server refuses to run as root).
 """
 
@@ -87,16 +88,23 @@ def _as_postgres(argv: list[str]) -> list[str]:
 
 
 def _bindir() -> Path | None:
+    """Where initdb is: `pg_config --bindir`, or Debian's and Ubuntu's versioned directories
+    (newest first) where pg_config is not installed."""
     pg_config = shutil.which("pg_config")
-    if pg_config is None:
-        return None
-    return Path(subprocess.check_output([pg_config, "--bindir"], text=True).strip())
+    if pg_config is not None:
+        found = Path(subprocess.check_output([pg_config, "--bindir"], text=True).strip())
+        if (found / "initdb").exists():
+            return found
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])
+    )
+    return versions[-1].parent if versions else None
 
 
 @contextlib.contextmanager
 def password_postgres() -> Iterator[PasswordPostgres]:
     bindir = _bindir()
-    if bindir is None or not (bindir / "initdb").exists():
+    if bindir is None:
         raise RuntimeError("PostgreSQL's server binaries (pg_config --bindir) are not installed")
     data_dir = Path(tempfile.mkdtemp(prefix="rayvision-pg-"))
     if os.geteuid() == 0:

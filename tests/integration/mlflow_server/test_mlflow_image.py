@@ -31,6 +31,17 @@ from mlflow.store.db.utils import _get_alembic_config, _get_schema_version
 from moto.server import ThreadedMotoServer
 
 from tests.cluster.clusterlib import render_chart
+from tests.cluster.iam import (
+    TEST_KMS_KEY_ARN,
+    TEST_REGION,
+    RecordingProxy,
+    bucket_name,
+    decisions,
+    is_s3,
+    json_api_authorizations,
+    role_policies,
+    s3_requests_to_authorizations,
+)
 from tests.image_env import ImageEnv, build
 from tests.local_pod import LocalPod
 from tests.support import free_port, wait_for
@@ -40,18 +51,20 @@ from .password_postgres import PasswordPostgres, password_postgres
 
 pytestmark = pytest.mark.integration
 
-BUCKET = "rayvision-artifacts-123456789012"
+BUCKET = bucket_name()
 DATABASE = "mlflow"
 USER = "mlflow"
-REGION = "eu-west-1"
+REGION = TEST_REGION
+POD_KEY = "mlflow-pods"  # the access key of the pods' IAM role (IRSA) here
 
 
 @dataclass
 class Aws:
-    url: str
-    s3: Any
+    url: str  # what the pods use: a recording proxy in front of the endpoint
+    s3: Any  # the test's own clients, straight to the endpoint (not recorded)
     secretsmanager: Any
     secret_arn: str
+    recorder: RecordingProxy
 
     def keys(self, prefix: str) -> list[str]:
         listed = self.s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
@@ -106,13 +119,15 @@ def aws() -> Iterator[Aws]:
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
-    keys = {"aws_access_key_id": "mlflow-pods", "aws_secret_access_key": "irsa"}
+    keys = {"aws_access_key_id": "test-admin", "aws_secret_access_key": "test"}
     s3 = boto3.client("s3", endpoint_url=url, region_name=REGION, **keys)
     s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     sm = boto3.client("secretsmanager", endpoint_url=url, region_name=REGION, **keys)
+    recorder = RecordingProxy(url).start()
     try:
-        yield Aws(url, s3, sm, "")
+        yield Aws(recorder.endpoint, s3, sm, "", recorder)
     finally:
+        recorder.stop()
         server.stop()
 
 
@@ -163,7 +178,7 @@ def deployed(
             # What the IRSA webhook gives every container: the role's credentials, the region.
             injected_env={
                 "AWS_ENDPOINT_URL": aws.url,
-                "AWS_ACCESS_KEY_ID": "mlflow-pods",
+                "AWS_ACCESS_KEY_ID": POD_KEY,
                 "AWS_SECRET_ACCESS_KEY": "irsa",
                 "AWS_REGION": REGION,
                 "AWS_DEFAULT_REGION": REGION,
@@ -202,6 +217,18 @@ def test_the_server_starts_with_basic_auth_and_keeps_artifacts_in_s3(
     assert deployed.aws.keys(f"mlflow/{experiment}/{run_id}/") == [
         f"mlflow/{experiment}/{run_id}/artifacts/x.txt"
     ]
+    artifacts = f"{deployed.url}/api/2.0/mlflow-artifacts/artifacts"
+    listed = requests.get(
+        artifacts,
+        params={"path": f"{experiment}/{run_id}/artifacts"},
+        auth=deployed.admin,
+        timeout=30,
+    )
+    assert [f["path"] for f in listed.json()["files"]] == ["x.txt"]
+    download = requests.get(
+        f"{artifacts}/{experiment}/{run_id}/artifacts/x.txt", auth=deployed.admin, timeout=30
+    )
+    assert download.content == b"kept in S3"
 
 
 def test_a_rotated_database_password_is_picked_up_without_a_restart(deployed: Deployed) -> None:
@@ -267,3 +294,27 @@ def test_a_chart_upgrade_migrates_a_previous_versions_schema_before_the_server_s
         timeout=30,
     )
     assert response.status_code == 200, "the data is still there"
+
+
+def test_every_aws_call_the_pods_made_is_one_their_role_allows(deployed: Deployed) -> None:
+    """The S3 and Secrets Manager calls of the tests above (server, sidecar, upgrade Job),
+    recorded, evaluated against the mlflow role of iam.tf. Last in the module: it checks what
+    the others made the pods do."""
+    recorded = deployed.aws.recorder.requests
+    checks = s3_requests_to_authorizations(
+        [r for r in recorded if is_s3(r)], kms_key_arn=TEST_KMS_KEY_ARN, kms_buckets=[BUCKET]
+    ) + json_api_authorizations([r for r in recorded if not is_s3(r)])
+    assert {c.operation for c in checks} >= {
+        "GetSecretValue",
+        "PutObject",
+        "ListObjectsV2",
+        "GetObject",
+    }
+    assert {c.principal for c in checks} == {POD_KEY}
+    policy = role_policies(rds_secret_arn=deployed.aws.secret_arn)["mlflow"]
+    denied = [
+        f"{check.request_summary}: {decision.reason}"
+        for check, decision in decisions(checks, {POD_KEY: policy})
+        if not decision.allowed
+    ]
+    assert denied == []
