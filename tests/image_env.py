@@ -126,9 +126,11 @@ def build(dockerfile_path: Path, into: Path) -> ImageEnv:
     if python is None:
         raise RuntimeError(f"python{dockerfile.python_version()} (the image's) is not installed")
 
+    # The key: the line (with this checkout's paths left out, so every clone shares the cache)
+    # and the contents of the files it reads.
     key = hashlib.sha256()
     command = _install_command(dockerfile, "pip")
-    key.update(" ".join([python, *command]).encode())
+    key.update(" ".join([python, *command]).replace(str(REPO), "").encode())
     for word in command:
         if Path(word).is_file():
             key.update(Path(word).read_bytes())

@@ -117,9 +117,8 @@ def _served_model(pipelines: dict[str, Any]) -> str:
 
 
 def embedded_spec(cluster: dict[str, Any]) -> dict[str, Any]:
-    """The long-lived RayCluster's spec for a cluster that a RayService or a RayJob creates:
-    without upgradeStrategy, which KubeRay accepts only on a RayCluster a user creates (they
-    replace their clusters on a change anyway)."""
+    """The long-lived RayCluster's spec for a cluster a RayService or a RayJob creates: without
+    upgradeStrategy, which KubeRay accepts only on a RayCluster a user creates."""
     spec = copy.deepcopy(cluster["spec"])
     spec.pop("upgradeStrategy", None)
     return spec
@@ -216,10 +215,7 @@ def _quantity(value: Any) -> float:
 def custom_resources(group: dict[str, Any]) -> dict[str, float]:
     """A group's custom Ray resources: rayStartParams' `resources`, JSON inside a quoted string
     as KubeRay takes it ('"{\\"driver\\": 1}"')."""
-    text = (group.get("rayStartParams") or {}).get("resources")
-    if not text:
-        return {}
-    parsed = json.loads(text)
+    parsed = json.loads((group.get("rayStartParams") or {}).get("resources") or "{}")
     resources: dict[str, float] = json.loads(parsed) if isinstance(parsed, str) else parsed
     return resources
 

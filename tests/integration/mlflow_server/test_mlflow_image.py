@@ -14,12 +14,14 @@ PostgreSQL that checks passwords over TLS (as RDS does), an S3 endpoint and Secr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import boto3
 import pytest
@@ -85,8 +87,9 @@ class Deployed:
         return f"http://127.0.0.1:{self.pod.container('mlflow')['ports'][0]['containerPort']}"
 
     def store_uri(self) -> str:
+        password = quote(self.password, safe="")
         return (
-            f"postgresql+psycopg2://{USER}:{self.password}@127.0.0.1:{self.postgres.port}/{DATABASE}"
+            f"postgresql+psycopg2://{USER}:{password}@127.0.0.1:{self.postgres.port}/{DATABASE}"
             "?sslmode=require"
         )
 
@@ -121,7 +124,9 @@ def aws() -> Iterator[Aws]:
     url = f"http://{host}:{port}"
     keys = {"aws_access_key_id": "test-admin", "aws_secret_access_key": "test"}
     s3 = boto3.client("s3", endpoint_url=url, region_name=REGION, **keys)
-    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    # moto's state is per process: another module may have made the bucket already.
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     sm = boto3.client("secretsmanager", endpoint_url=url, region_name=REGION, **keys)
     recorder = RecordingProxy(url).start()
     try:
