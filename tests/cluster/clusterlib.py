@@ -128,9 +128,10 @@ def load_hcl(path: Path) -> dict[str, Any]:
         return hcl2.load(file, serialization_options=options)
 
 
+@functools.cache
 def terraform_blocks(kind: str) -> dict[str, Any]:
     """Every `kind` block (variable, output, ...) of the stack, by name; resource and data
-    blocks by "TYPE.NAME"."""
+    blocks by "TYPE.NAME". Parsed once per kind: read it, never mutate it."""
     blocks: dict[str, Any] = {}
     for path in sorted(TERRAFORM.glob("*.tf")):
         for entry in load_hcl(path).get(kind, []):

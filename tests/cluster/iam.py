@@ -17,7 +17,6 @@ Three parts, each usable on its own:
 
 from __future__ import annotations
 
-import functools
 import http.client
 import json
 import re
@@ -30,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from tests.cluster.clusterlib import terraform_blocks as _parse_blocks
+from tests.cluster.clusterlib import terraform_blocks
 
 ContextValue = str | list[str]
 Context = Mapping[str, ContextValue]
@@ -61,12 +60,6 @@ class UnmappedRequestError(ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # Policy documents from iam.tf
-
-
-@functools.cache
-def terraform_blocks(kind: str) -> dict[str, Any]:
-    """clusterlib's terraform_blocks, parsed once per kind (read only: never mutate it)."""
-    return _parse_blocks(kind)
 
 
 _INTERPOLATION = re.compile(r"\$\{([^${}]*)\}")
