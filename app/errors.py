@@ -12,3 +12,8 @@ class JobFailedError(RuntimeError):
     def __init__(self, message: str, results: dict[str, Any]) -> None:
         super().__init__(message)
         self.results = results
+
+
+class UntrustedStateError(ValueError):
+    """Stored state that the job would unpickle is not what the project wrote (tampered with,
+    unsigned, or signed with another key): it is refused before anything is loaded."""

@@ -27,6 +27,7 @@ from ray.tune.schedulers import ASHAScheduler
 from app import tracking
 from app.train.config import TrainConfig
 from app.train.driver import RAY_RUN_NAME_TAG
+from app.tune.state_signing import seal, unseal
 
 TIME_ATTR = "epoch"
 
@@ -45,21 +46,23 @@ def asha(epochs: int, grace_period: int, reduction_factor: float) -> ASHASchedul
 class RungKeeper(Callback):
     """Carries ``scheduler``'s state in Tune's experiment snapshot. Tune pickles the sweep's
     scheduler and callbacks together (tuner.pkl), so a restored keeper holds the restored
-    scheduler that Tune runs."""
+    scheduler that Tune runs. The state is sealed (``app.tune.state_signing``): the pickled
+    scheduler is loaded only if a sweep wrote it."""
 
     def __init__(self, scheduler: ASHAScheduler) -> None:
         self.scheduler = scheduler
 
-    def get_state(self) -> dict[str, bytes]:
+    def get_state(self) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder, "scheduler.pkl")
             self.scheduler.save(str(path))
-            return {"scheduler": path.read_bytes()}
+            return seal({"scheduler": path.read_bytes()})
 
     def set_state(self, state: dict[str, Any]) -> None:
+        scheduler = unseal(state)["scheduler"]
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder, "scheduler.pkl")
-            path.write_bytes(state["scheduler"])
+            path.write_bytes(scheduler)
             self.scheduler.restore(str(path))
 
 

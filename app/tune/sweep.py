@@ -117,9 +117,16 @@ def _latest_sweep(storage: Path, prefix: str) -> str | None:
 
 
 def _restorable(path: str) -> bool:
+    """Whether a sweep's Tune state is at ``path``; state there that no sweep signed is refused
+    (``UntrustedStateError``) before anything in it is unpickled."""
     from ray import tune
 
-    return bool(tune.Tuner.can_restore(path))
+    from app.tune.state_signing import verify_sweep_state
+
+    if not tune.Tuner.can_restore(path):
+        return False
+    verify_sweep_state(path)
+    return True
 
 
 def _find_parent_run(experiment: str, sweep: str) -> str | None:
@@ -256,9 +263,11 @@ def _tuner(
     scheduler and callbacks it started with)."""
     from ray import tune
 
+    from app.tune.state_signing import sign_new_sweep
+
     path = f"{run_config.storage_path}/{run_config.name}"
     if resume:
-        if not tune.Tuner.can_restore(path):
+        if not _restorable(path):  # checked again here, just before Tune unpickles it
             raise ConfigError(f"--resume: no sweep to resume at {path}")
         print(f"resuming sweep from {path}", flush=True)
         return tune.Tuner.restore(
@@ -268,7 +277,7 @@ def _tuner(
             resume_errored=False,
             restart_errored=False,
         )
-    return tune.Tuner(
+    tuner = tune.Tuner(
         trainable,
         param_space=space.to_tune(grid=cfg.search == "grid"),
         tune_config=tune.TuneConfig(
@@ -281,6 +290,8 @@ def _tuner(
         ),
         run_config=run_config,
     )
+    sign_new_sweep(path)  # tuner.pkl, which the Tuner has just written to storage
+    return tuner
 
 
 def run_sweep(cfg: TuneConfig) -> dict[str, Any]:
@@ -295,22 +306,29 @@ def run_sweep(cfg: TuneConfig) -> dict[str, Any]:
 def _run_sweep(cfg: TuneConfig) -> dict[str, Any]:
     from ray import tune
 
+    from app.tune.state_signing import StateSigner, state_key
+
     started = time.perf_counter()
     space, warm_start = validate_before_start(cfg)
     node_types = parse_node_types(cfg.autoscaler_node_types or "{}")
+    state_key()  # the key that signs the sweep's Tune state: a bad one fails before any work
+    storage, storage_uri = _storage(cfg)
+    sweep = _sweep_name(cfg, storage)
+    # A named sweep whose state exists resumes without --resume: a resubmitted scheduled job
+    # (its --run-name is the schedule slot's) continues instead of starting over. State that no
+    # sweep signed is refused here, before anything is started or opened.
+    restorable = bool((cfg.resume or cfg.run_name) and _restorable(f"{storage_uri}/{sweep}"))
+    if cfg.resume and not restorable:
+        raise ConfigError(f"--resume: no sweep to resume at {storage_uri}/{sweep}")
+    resume = cfg.resume or restorable
     tracking.configure()
     splits = load_splits(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed)
     ensure_ray()
     host_train_coordinator_here()
     capacity = cluster_capacity(node_types)
     plan = plan_trials(cfg, capacity)
-    storage, storage_uri = _storage(cfg)
     base = {**cfg.trial_base(), "cpus_per_worker": plan.cpus_per_worker}
     base["storage_path"] = storage_uri
-    sweep = _sweep_name(cfg, storage)
-    # A named sweep whose state exists resumes without --resume: a resubmitted scheduled job
-    # (its --run-name is the schedule slot's) continues instead of starting over.
-    resume = cfg.resume or bool(cfg.run_name and _restorable(f"{storage_uri}/{sweep}"))
     parent_run_id = _open_parent_run(cfg, sweep, space, plan, base, resume)
     print(
         f"sweep {sweep}: {cfg.num_samples} trials, {plan.max_concurrent} at once, "
@@ -333,7 +351,12 @@ def _run_sweep(cfg: TuneConfig) -> dict[str, Any]:
     run_config = tune.RunConfig(
         name=sweep,
         storage_path=storage_uri,
-        callbacks=[_mlflow_closer(cfg.experiment, parent_run_id), *scheduler_callbacks],
+        # The signer signs each experiment snapshot as Tune writes it (app.tune.state_signing).
+        callbacks=[
+            _mlflow_closer(cfg.experiment, parent_run_id),
+            *scheduler_callbacks,
+            StateSigner(),
+        ],
         # A trial whose node is lost (its function and Train controller run there) starts again
         # and its fit() resumes the Train run from its last checkpoint.
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),

@@ -1,12 +1,16 @@
 """An ASHA sweep whose driver is killed keeps its rungs: after ``--resume`` its stop decisions
 are those of an uninterrupted sweep (its recorded metrics replayed through a fresh ASHA), and
 no epoch of any trial is trained twice. Ray Tune alone restores the scheduler empty
-(ray-project/ray#30838) and lets the weak trials run to the end."""
+(ray-project/ray#30838) and lets the weak trials run to the end. The state it resumes from is
+the state it signed: a copy with a malicious ``tuner.pkl`` is refused before anything is loaded."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from app.tune.state_signing import KEY_ENV
 from tests.conftest import REPO, MlflowServer, RayCluster
 from tests.support import wait_for
 
@@ -60,6 +65,38 @@ def finished_in_snapshot(sweep_dir: Path) -> list[str]:
     if callbacks and not all(t.encode() in callbacks[-1].read_bytes() for t in done):
         return []
     return done
+
+
+class Marker:
+    """A pickle that creates a file when it is loaded: what restoring it would do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.path), "w"))
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_tampered_copy_refused(tmp_path: Path, sweep: str, env: dict[str, str]) -> None:
+    """A copy of the killed sweep's storage whose tuner.pkl is a malicious pickle: ``--resume``
+    refuses it, names the file, loads nothing and changes nothing there."""
+    copy = tmp_path / "ray_results" / f"{sweep}-tampered"
+    shutil.copytree(tmp_path / "ray_results" / sweep, copy)
+    marker = tmp_path / "unpickled"
+    (copy / "tuner.pkl").write_bytes(pickle.dumps(Marker(marker)))
+    before = files_under(copy)
+    refused = subprocess.run(
+        sweep_command(tmp_path, copy.name, "--resume"), cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0, refused.stdout[-4000:]
+    assert "tuner.pkl does not match its signature" in refused.stderr, refused.stderr[-4000:]
+    assert not marker.exists()
+    assert files_under(copy) == before
 
 
 def early_stopped(client: MlflowClient, sweep: str) -> bool:
@@ -105,6 +142,7 @@ def test_resumed_sweep_stops_what_an_uninterrupted_one_stops_and_trains_nothing_
     sweep, log_path = "resume-rungs", tmp_path / "sweep.log"
     client = MlflowClient(mlflow_server.uri)
     env = {**os.environ, **ray_cluster.env, "RAY_ADDRESS": ray_cluster.address}
+    env[KEY_ENV] = secrets.token_hex(32)  # the key both drivers sign and check the state with
     with log_path.open("w") as log:
         driver = subprocess.Popen(
             sweep_command(tmp_path, sweep), cwd=REPO, env=env, stdout=log,
@@ -128,6 +166,7 @@ def test_resumed_sweep_stops_what_an_uninterrupted_one_stops_and_trains_nothing_
         (parent_before,) = client.search_runs(
             [experiment_id], f"tags.sweep = '{sweep}' and tags.sweep_parent = 'true'"
         )
+        assert_tampered_copy_refused(tmp_path, sweep, env)
         resumed = subprocess.run(
             sweep_command(tmp_path, sweep, "--resume"), cwd=REPO, env=env, stdout=log,
             stderr=subprocess.STDOUT, timeout=900, check=False,
