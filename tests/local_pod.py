@@ -47,6 +47,10 @@ class LocalPod:
         paths = "|".join(re.escape(p) for p in sorted(mounts, key=len, reverse=True))
         return re.sub(rf"(?<![\w/.-])({paths})(?=/|$|[^\w.-])", lambda m: mounts[m[1]], text)
 
+    def mapped(self, name: str, text: str) -> str:
+        """``text`` (a file's content) as container ``name`` would find its paths here."""
+        return self._mapped(self.container(name), text)
+
     def argv(self, name: str) -> list[str]:
         container = self.container(name)
         words = container.get("command", []) + container.get("args", [])

@@ -14,10 +14,19 @@ RUN pip install --no-cache-dir --constraint /tmp/requirements-dev.lock \
         "mlflow[auth]" psycopg2-binary boto3 \
     && rm /tmp/requirements-dev.lock
 
+# The CA bundle of RDS's certificates, for the chart's database.sslMode verify-full.
+# checkov:skip=CKV_DOCKER_4: ADD fetches AWS's published RDS CA bundle over HTTPS; COPY cannot fetch
+ADD --chmod=644 https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem \
+    /etc/ssl/certs/rds-global-bundle.pem
+
 # The password-file sidecar (the chart runs `python -m cluster.mlflow.pgpass` from here):
 # standard library and boto3 only.
 WORKDIR /srv
 COPY cluster/mlflow/pgpass.py cluster/mlflow/pgpass.py
+# The login with the promotion gate, named by the chart's basic_auth.ini (authorization_function):
+# importable by the `mlflow` console script from any directory.
+COPY cluster/mlflow/alias_guard.py cluster/mlflow/alias_guard.py
+ENV PYTHONPATH=/srv
 
 USER mlflow
 ENV HOME=/tmp

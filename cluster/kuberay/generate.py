@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))  # for `serve`
 
+from cluster.kuberay.serving_identity import with_serving_identities  # noqa: E402
 from serve.throughput import FRONT_HAPROXY, HIGH_THROUGHPUT_ENV, front_haproxy_env  # noqa: E402
 
 SERVE_CONFIG = REPO / "serve" / "config.yaml"
@@ -127,8 +128,8 @@ def embedded_spec(cluster: dict[str, Any]) -> dict[str, Any]:
 def _serving_cluster(spec: dict[str, Any], model_name: str) -> dict[str, Any]:
     """Serving runs on CPUs (a GPU-trained model loads on CPU) with one worker always up, in
     Ray's high-throughput Serve mode (HAProxy on port 8000 of every pod), and serves the model
-    the pipelines register (MODEL_NAME overrides the Serve config's)."""
-    spec = copy.deepcopy(spec)
+    the pipelines register (MODEL_NAME overrides the Serve config's), as its own identities."""
+    spec = with_serving_identities(copy.deepcopy(spec))
     env = [{"name": "MODEL_NAME", "value": model_name}]
     front = front_haproxy_env(f"{IMAGE_APP_DIR}/{FRONT_HAPROXY.relative_to(REPO)}")
     env += [

@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 SERVER_LOG = "mlflow-server.log"
 S3_ENDPOINT_LOG = "s3-endpoint.log"
 AUTH_CONFIG = "basic_auth.ini"
+# basic-auth plus the promotion gate (cluster/mlflow/alias_guard.py), imported by the server.
+GUARDED_LOGIN = "cluster.mlflow.alias_guard:authenticate_and_guard_promotions"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write_auth_config(path: Path, settings: ServerSettings, database_uri: str) -> Path:
@@ -55,7 +58,7 @@ def _write_auth_config(path: Path, settings: ServerSettings, database_uri: str) 
         # Users and grants live next to the tracking data: one database to back up. MLflow
         # reads this file with interpolation, so a URL-encoded % must be doubled.
         "database_uri": without_password(database_uri)[0].replace("%", "%%"),
-        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        "authorization_function": GUARDED_LOGIN,
     }
     text = io.StringIO()
     config.write(text)
@@ -91,6 +94,8 @@ def _server_env(settings: ServerSettings, state: StackState, auth_config: Path) 
         **state.s3.env(),
         **password_env(state.backend_store_uri),
         "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+        # The server runs elsewhere than the repository: this makes GUARDED_LOGIN importable.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
         # Read only while the admin user does not exist yet (first start on a new database).
         "MLFLOW_AUTH_ADMIN_USERNAME": settings.admin_username,
         "MLFLOW_AUTH_ADMIN_PASSWORD": settings.admin_password.get_secret_value(),

@@ -2,7 +2,7 @@
 
     python -m cluster.mlflow.users --file cluster/mlflow/users.example.yaml
     python -m cluster.mlflow.users --user ml-engineer-1 --password-env MLFLOW_PASSWORD_ML_1 \\
-        --experiment '*=EDIT' --model image-classifier=READ
+        --experiment '*=EDIT' --model '*=EDIT'
 
 Runs as the admin (MLFLOW_ADMIN_USERNAME / MLFLOW_ADMIN_PASSWORD) against MLFLOW_TRACKING_URI,
 or against the stack `make mlflow-up` started. Passwords come from the environment variables the

@@ -13,7 +13,10 @@ py=${PY:-$root/.venv/bin/python}
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 
 dest=${1:-backups/mlflow-$(date -u +%Y%m%dT%H%M%SZ)}
+# The dump holds the users' password hashes and every artifact: readable by this user only.
+umask 077
 mkdir -p "$dest"
+chmod 700 "$dest"
 dest=$(cd "$dest" && pwd)
 
 # PG* variables for pg_dump, plus the bucket settings (assigned first so a failure stops here).

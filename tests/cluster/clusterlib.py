@@ -31,6 +31,9 @@ EXAMPLE_VARS = {
     "RAYVISION_REDIS_ADDRESS": "rediss://rayvision-gcs.abc.euw1.cache.amazonaws.com:6379",
     "RAYVISION_SERVE_HOST": "inference.example.com",
     "RAYVISION_CERT_ARN": "arn:aws:acm:eu-west-1:123456789012:certificate/0000-1111",
+    "RAYVISION_WAF_ACL_ARN": (
+        "arn:aws:wafv2:eu-west-1:123456789012:regional/webacl/rayvision-ingress/0a1b-2c3d"
+    ),
 }
 
 

@@ -18,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from cluster.kuberay.serving_identity import with_serving_identities
 from serve.throughput import FRONT_HAPROXY, HIGH_THROUGHPUT_ENV
 from tests.cluster.clusterlib import (
     CRDS,
@@ -220,8 +221,9 @@ def test_rayservice_cluster_is_the_raycluster_sized_for_cpu_serving() -> None:
         assert all(variable in env for variable in added), env
     for variable in added:
         head["template"]["spec"]["containers"][0]["env"].remove(variable)
+    # ... and under the serving identities (test_identities.py checks which they are).
     cluster = render_manifest(KUBERAY / "raycluster" / "raycluster.yaml")[0]["spec"]
-    assert head == cluster["headGroupSpec"]
+    assert head == with_serving_identities(cluster)["headGroupSpec"]
 
 
 def test_token_auth_on_and_dashboard_private() -> None:
@@ -258,7 +260,13 @@ def test_every_ray_pod_has_resources_and_runs_unprivileged() -> None:
     for pod in iter_pod_specs(RAYCLUSTER["spec"]):
         assert pod["securityContext"]["runAsNonRoot"] is True
         (container,) = pod["containers"]
-        assert container["resources"]["requests"] == container["resources"]["limits"]
+        # Guaranteed QoS (cpu and memory); disk is requested low and capped higher, since
+        # logs and spilled objects grow only under load.
+        requests = dict(container["resources"]["requests"])
+        limits = dict(container["resources"]["limits"])
+        disk = [float(q.pop("ephemeral-storage").removesuffix("Gi")) for q in (requests, limits)]
+        assert disk[0] <= disk[1]
+        assert requests == limits
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert container["image"] == "${RAYVISION_IMAGE}"
 

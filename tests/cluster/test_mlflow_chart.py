@@ -4,6 +4,7 @@ schemas, and bad values must fail the chart's values.schema.json as they would a
 
 from __future__ import annotations
 
+import configparser
 import copy
 import json
 import re
@@ -13,6 +14,7 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 
+from cluster.mlflow import launcher
 from tests.cluster.clusterlib import CHART, SETUP, kube_version, render_chart
 
 # What 03-mlflow.sh passes (terraform outputs); the rest are the chart's defaults.
@@ -29,6 +31,10 @@ REQUIRED: dict[str, Any] = {
     "ingress": {
         "host": "mlflow.example.com",
         "certificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/0000-1111-2222",
+        "wafAclArn": (
+            "arn:aws:wafv2:eu-west-1:123456789012:regional/webacl/rayvision-ingress/"
+            "0a1b2c3d-4e5f-6789-abcd-ef0123456789"
+        ),
     },
 }
 
@@ -50,7 +56,7 @@ VALUE_SETS = {
         {
             "autoscaling": {"minReplicas": 3, "maxReplicas": 8},
             "server": {"workers": 4, "extraAllowedHosts": ["mlflow.internal.example.com"]},
-            "ingress": {"inboundCidrs": ["203.0.113.0/24"], "scheme": "internal"},
+            "ingress": {"inboundCidrs": ["203.0.113.0/24"], "scheme": "internet-facing"},
             "database": {"sslMode": "verify-full", "port": 5433},
         },
     ),
@@ -106,7 +112,12 @@ def test_ingress_is_https_with_the_certificate_and_redirects_http() -> None:
     ]
     assert annotations["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
     assert annotations["alb.ingress.kubernetes.io/ssl-policy"].startswith("ELBSecurityPolicy-TLS13")
-    assert annotations["alb.ingress.kubernetes.io/group.name"] == "rayvision"
+    # Off the internet by default, on an ALB apart from the inference host's, rate-limited.
+    assert annotations["alb.ingress.kubernetes.io/scheme"] == "internal"
+    assert annotations["alb.ingress.kubernetes.io/group.name"] == "rayvision-mlflow"
+    assert (
+        annotations["alb.ingress.kubernetes.io/wafv2-acl-arn"] == REQUIRED["ingress"]["wafAclArn"]
+    )
     assert ingress["spec"]["ingressClassName"] == "alb"
     assert ingress["spec"]["tls"] == [{"hosts": [REQUIRED["ingress"]["host"]]}]
     (rule,) = ingress["spec"]["rules"]
@@ -116,7 +127,33 @@ def test_ingress_is_https_with_the_certificate_and_redirects_http() -> None:
 def test_ingress_restricts_sources_when_asked() -> None:
     annotations = render_chart(VALUE_SETS["larger"])["Ingress"]["metadata"]["annotations"]
     assert annotations["alb.ingress.kubernetes.io/inbound-cidrs"] == "203.0.113.0/24"
-    assert annotations["alb.ingress.kubernetes.io/scheme"] == "internal"
+    assert annotations["alb.ingress.kubernetes.io/scheme"] == "internet-facing"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"auth": {"enabled": False}}, "auth.enabled=false"),
+        ({"ingress": {"scheme": "internet-facing"}}, "needs ingress.inboundCidrs"),
+        (
+            {"ingress": {"scheme": "internet-facing", "inboundCidrs": ["0.0.0.0/0"]}},
+            "not an allow-list",
+        ),
+        (
+            {
+                "ingress": {
+                    "scheme": "internet-facing",
+                    "inboundCidrs": ["203.0.113.0/24"],
+                    "wafAclArn": "",
+                }
+            },
+            "needs ingress.wafAclArn",
+        ),
+    ],
+)
+def test_insecure_exposure_is_refused(override: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render_chart(_merge(REQUIRED, override))
 
 
 def test_probes_check_health() -> None:
@@ -151,14 +188,32 @@ def test_credentials_come_from_secrets_only() -> None:
     # sidecar keeps from the RDS-managed secret (tests/integration/mlflow_server/
     # test_mlflow_image.py runs both for real).
     uri = env["MLFLOW_BACKEND_STORE_URI"]["value"]
+    # verify-full against the RDS CA bundle the image carries at the default path.
     assert uri == (
-        "postgresql+psycopg2://rayvision.abcdefgh.eu-west-1.rds.amazonaws.com:5432/mlflow?sslmode=require"
+        "postgresql+psycopg2://rayvision.abcdefgh.eu-west-1.rds.amazonaws.com:5432/mlflow"
+        "?sslmode=verify-full&sslrootcert=/etc/ssl/certs/rds-global-bundle.pem"
     )
+    dockerfile = (CHART.parents[1] / "docker" / "mlflow.Dockerfile").read_text()
+    bundle = "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem"
+    assert f"ADD --chmod=644 {bundle} \\\n    /etc/ssl/certs/rds-global-bundle.pem" in dockerfile
     assert "PGPASSWORD" not in env
     assert "Secret" not in objects, "the chart must not create secrets with values in them"
     ini = objects["ConfigMap"]["data"]["basic_auth.ini"]
     assert f"database_uri = {uri}" in ini
     assert "password" not in ini
+
+
+def test_users_get_nothing_until_granted_and_the_login_carries_the_promotion_gate() -> None:
+    objects = render_chart(VALUE_SETS["defaults"])
+    ini = configparser.ConfigParser()
+    ini.read_string(objects["ConfigMap"]["data"]["basic_auth.ini"])
+    assert ini["mlflow"]["default_permission"] == "NO_PERMISSIONS"
+    login = ini["mlflow"]["authorization_function"]
+    assert login == launcher.GUARDED_LOGIN
+    module = login.split(":")[0].replace(".", "/") + ".py"
+    dockerfile = (CHART.parents[1] / "docker" / "mlflow.Dockerfile").read_text()
+    assert "WORKDIR /srv\nCOPY cluster/mlflow/pgpass.py" in dockerfile
+    assert f"COPY {module} {module}\nENV PYTHONPATH=/srv\n" in dockerfile
 
 
 def _pod(objects: dict[str, dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -288,4 +343,18 @@ def test_the_setup_script_sets_exactly_the_values_the_chart_requires() -> None:
     the chart needs and the script does not pass (database.passwordSecretArn, say) fails the
     install."""
     script = (SETUP / "03-mlflow.sh").read_text()
-    assert set(re.findall(r"--set ([\w.]+)=", script)) == _flat_keys(REQUIRED) | {"image.tag"}
+    assert set(re.findall(r"--set ([\w.]+)=", script)) == _flat_keys(REQUIRED) | {
+        "image.tag",
+        "image.digest",
+    }
+
+
+def test_every_pod_runs_the_image_by_digest_when_given() -> None:
+    digest = "sha256:" + "ab" * 32
+    repository = REQUIRED["image"]["repository"]
+    objects = render_chart(_merge(REQUIRED, {"image": {"digest": digest}}))
+    pods = [_pod(objects, "Deployment"), _pod(objects, "Job")]
+    images = {c["image"] for pod in pods for c in pod.get("initContainers", []) + pod["containers"]}
+    assert images == {f"{repository}@{digest}"}
+    tagged = {c["image"] for c in _pod(render_chart(REQUIRED), "Deployment")["containers"]}
+    assert tagged == {f"{repository}:3.17.2"}

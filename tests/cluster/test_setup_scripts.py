@@ -47,6 +47,13 @@ EXPECTED = {
         "helm upgrade --install cluster-autoscaler",
         "docker build -f",
         "create secret generic rayvision-ray-token",
+        # the serving cluster's own token and MLflow login (tests/cluster/test_identities.py)
+        "create secret generic rayvision-serve-ray-token",
+        "create secret generic rayvision-mlflow-serve",
+        # the promotion step's MLflow login (MANAGE on the models: moves @champion)
+        "create secret generic rayvision-mlflow-promoter",
+        # the key of the sweeps' signed Tune state (app/tune/state_signing.py)
+        "create secret generic rayvision-tune-state-key",
         "kubectl kustomize",
         "rayservice.yaml | kubectl apply -f -",
     ],
@@ -54,7 +61,12 @@ EXPECTED = {
     "04-users.sh": [
         "-m cluster.mlflow.users --file",
         '{"username":"mlops-1","admin":true}',
-        '"experiments":{"cifar10-resnet18":"EDIT","cifar10-sweep":"EDIT"}',
+        '"experiments":{"cifar10-resnet18":"EDIT","cifar10-sweep":"EDIT","model-evaluation":"EDIT"}',
+        # the promotion gate: only the promotion step's user may move @champion
+        '{"username":"ray-promote","experiments":{"cifar10-resnet18":"EDIT","cifar10-sweep":"EDIT","model-evaluation":"EDIT"},'
+        '"registered_models":{"cifar10-classifier":"MANAGE"}}',
+        '{"username":"ray-serve","experiments":{"cifar10-resnet18":"READ","cifar10-sweep":"READ","model-evaluation":"READ"},'
+        '"registered_models":{"cifar10-classifier":"READ"}}',
     ],
     "05-connection-test.sh": ["ray job submit", "status_is 401", "status_is 301"],
     # 06 ends by running 05.

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import ray
+import yaml
 
 from tests.cluster.clusterlib import (
     CLUSTER,
@@ -191,11 +192,19 @@ def test_bucket_is_versioned_encrypted_private_with_lifecycle() -> None:
 
 def test_service_account_roles_match_the_manifests() -> None:
     (irsa,) = [e["irsa"] for e in load_hcl(TERRAFORM / "iam.tf")["locals"] if "irsa" in e]
-    ray_account = load_yaml(KUBERAY / "serviceaccount.yaml")["metadata"]
+    accounts = {
+        doc["metadata"]["name"]: doc["metadata"]
+        for doc in yaml.safe_load_all((KUBERAY / "serviceaccount.yaml").read_text())
+    }
+    ray_account = accounts["rayvision-ray"]
     assert (irsa["ray"]["namespace"], irsa["ray"]["service_account"]) == (
         ray_account["namespace"],
         ray_account["name"],
     )
+    assert ray_account["annotations"]["eks.amazonaws.com/role-arn"]
+    # The serving cluster's account has no role, and no role trusts it.
+    assert "annotations" not in accounts["rayvision-serve"]
+    assert "rayvision-serve" not in {entry["service_account"] for entry in irsa.values()}
     chart_values = load_yaml(CLUSTER / "charts" / "mlflow" / "values.yaml")
     assert irsa["mlflow"]["service_account"] == chart_values["serviceAccount"]["name"]
 
@@ -273,3 +282,39 @@ def test_the_load_balancer_controller_has_its_pinned_versions_own_policy() -> No
         and "Condition" not in st
         for st in statements
     )
+
+
+def test_both_hosts_sit_behind_per_client_rate_rules() -> None:
+    acl = terraform_blocks("resource")["aws_wafv2_web_acl.ingress"]
+    assert acl["scope"] == "REGIONAL"
+    rules = {rule["name"]: rule for rule in acl["rule"]}
+    assert set(rules) == {"mlflow-per-client", "all-per-client"}
+    rates = {}
+    for name, rule in rules.items():
+        assert rule["action"] == [{"block": [{}]}]
+        ((rate,),) = [s["rate_based_statement"] for s in rule["statement"]]
+        assert (rate["aggregate_key_type"], rate["evaluation_window_sec"]) == ("IP", 300)
+        rates[name] = rate
+    # The tighter limit counts the MLflow host's requests only.
+    ((scope,),) = [
+        s["byte_match_statement"] for s in rates["mlflow-per-client"]["scope_down_statement"]
+    ]
+    assert (scope["search_string"], scope["positional_constraint"]) == (
+        "${var.mlflow_host}",
+        "EXACTLY",
+    )
+    assert scope["field_to_match"] == [{"single_header": [{"name": "host"}]}]
+    assert rates["mlflow-per-client"]["limit"] == "${var.mlflow_rate_limit}"
+    assert "scope_down_statement" not in rates["all-per-client"]
+    variables = terraform_blocks("variable")
+    assert variables["mlflow_rate_limit"]["default"] < variables["ingress_rate_limit"]["default"]
+    # Both ingresses name the ACL: the Serve ingress and the chart (03-mlflow.sh passes it).
+    assert "wafv2-acl-arn: ${RAYVISION_WAF_ACL_ARN}" in (KUBERAY / "serve-ingress.yaml").read_text()
+    setup = CLUSTER / "scripts" / "setup"
+    assert 'ingress.wafAclArn="$(tf_output waf_acl_arn)"' in (setup / "03-mlflow.sh").read_text()
+    assert "waf_acl_arn" in terraform_blocks("output")
+
+
+def test_network_policies_are_enforced_by_the_cni() -> None:
+    addon = terraform_blocks("resource")["aws_eks_addon.core"]
+    assert "enableNetworkPolicy" in addon["configuration_values"]

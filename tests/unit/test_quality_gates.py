@@ -294,7 +294,8 @@ WORKFLOW_FILES = ["test.yml", "docker.yml", "release.yml"]
 
 
 @pytest.mark.parametrize("name", WORKFLOW_FILES)
-def test_workflow_parses_and_pins_actions_to_a_major_version(name: str) -> None:
+def test_workflow_parses_and_its_reusable_workflows_exist(name: str) -> None:
+    """(Actions pinned by commit SHA: tests/unit/test_workflow_pins.py.)"""
     workflow = load_workflow(name)
     assert triggers(workflow) and workflow["jobs"], name
     for job in workflow["jobs"].values():
@@ -302,9 +303,6 @@ def test_workflow_parses_and_pins_actions_to_a_major_version(name: str) -> None:
         if uses:  # a reusable workflow of this repository
             assert uses.startswith("./.github/workflows/"), uses
             assert (REPO / uses).is_file(), uses
-    for step in steps(workflow):
-        if "uses" in step:
-            assert re.fullmatch(r"[\w.-]+/[\w./-]+@v\d+", step["uses"]), step["uses"]
 
 
 @pytest.mark.parametrize("name", WORKFLOW_FILES)

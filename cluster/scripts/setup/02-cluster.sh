@@ -62,8 +62,11 @@ run helm upgrade --install kuberay-operator kuberay/kuberay-operator \
 log "the Ray image"
 commit="$(capture commit git -C "${REPO_ROOT}" rev-parse --short HEAD)"
 ray_repo="$(tf_output ray_image_repository)"
-export RAYVISION_IMAGE="${ray_repo}:2.60.0-${commit}"
-build_and_push "${RAYVISION_IMAGE}" cluster/docker/Dockerfile --build-arg "GIT_COMMIT=${commit}"
+ray_image="${ray_repo}:2.60.0-${commit}"
+build_and_push "${ray_image}" cluster/docker/Dockerfile --build-arg "GIT_COMMIT=${commit}"
+# Pods run the pushed image by digest: exactly what was built, whatever the tag names later.
+RAYVISION_IMAGE="${ray_repo}@$(image_digest "${ray_image}")"
+export RAYVISION_IMAGE
 
 log "namespace ${RAY_NAMESPACE}: config and secrets"
 apply_generated kubectl create namespace "${RAY_NAMESPACE}"
@@ -72,19 +75,32 @@ apply_generated kubectl -n "${RAY_NAMESPACE}" create configmap rayvision-config 
   --from-literal=MLFLOW_TRACKING_URI="http://mlflow.${MLFLOW_NAMESPACE}.svc.cluster.local:5000" \
   --from-literal=RAYVISION_STORAGE_PATH="${ray_storage}" \
   --from-literal=RAYVISION_DATA_DIR=/home/ray/data
-# The cluster's Ray token, and the MLflow user of the jobs (04-users.sh creates it in MLflow).
+# The cluster's Ray token.
 apply_secret "${RAY_NAMESPACE}" rayvision-ray-token \
   "auth_token=$(random_or_existing "${RAY_NAMESPACE}" rayvision-ray-token auth_token)"
-jobs_password="$(random_or_existing "${RAY_NAMESPACE}" rayvision-mlflow-client \
-  MLFLOW_TRACKING_PASSWORD)"
-apply_secret "${RAY_NAMESPACE}" rayvision-mlflow-client \
-  MLFLOW_TRACKING_USERNAME=ray-jobs "MLFLOW_TRACKING_PASSWORD=${jobs_password}"
+# The serving cluster's own token: a Serve pod's token opens nothing on the training cluster.
+apply_secret "${RAY_NAMESPACE}" rayvision-serve-ray-token \
+  "auth_token=$(random_or_existing "${RAY_NAMESPACE}" rayvision-serve-ray-token auth_token)"
+# The MLflow users of the Ray pods, one Secret each (04-users.sh creates the users in MLflow):
+# the jobs (register, set @challenger), the promotion step (moves @champion; mounted only where
+# evaluate-promote.sh runs) and Serve (read only).
+mlflow_client_secret() { # SECRET USERNAME
+  apply_secret "${RAY_NAMESPACE}" "$1" "MLFLOW_TRACKING_USERNAME=$2" \
+    "MLFLOW_TRACKING_PASSWORD=$(random_or_existing "${RAY_NAMESPACE}" "$1" MLFLOW_TRACKING_PASSWORD)"
+}
+mlflow_client_secret rayvision-mlflow-client ray-jobs
+mlflow_client_secret rayvision-mlflow-promoter ray-promote
+mlflow_client_secret rayvision-mlflow-serve ray-serve
+# The key that sweeps sign their Tune state with: a --resume restores only what a sweep wrote.
+apply_secret "${RAY_NAMESPACE}" rayvision-tune-state-key "RAYVISION_TUNE_STATE_KEY=$(
+  random_or_existing "${RAY_NAMESPACE}" rayvision-tune-state-key RAYVISION_TUNE_STATE_KEY)"
 
 log "Ray workloads"
 RAYVISION_RAY_ROLE_ARN="$(tf_map_output irsa_role_arns ray)"
 RAYVISION_SERVE_HOST="$(tf_output serve_host)"
 RAYVISION_CERT_ARN="$(tf_output certificate_arn)"
-export RAYVISION_RAY_ROLE_ARN RAYVISION_SERVE_HOST RAYVISION_CERT_ARN
+RAYVISION_WAF_ACL_ARN="$(tf_output waf_acl_arn)"
+export RAYVISION_RAY_ROLE_ARN RAYVISION_SERVE_HOST RAYVISION_CERT_ARN RAYVISION_WAF_ACL_ARN
 raycluster="${KUBERAY_DIR}/raycluster"
 if [[ -n "${redis_endpoint}" ]] && ! ((DRY_RUN)); then
   # terraform enable_ray_gcs_ft: the head keeps its state in ElastiCache (GCS fault tolerance).
@@ -94,8 +110,9 @@ if [[ -n "${redis_endpoint}" ]] && ! ((DRY_RUN)); then
   export RAYVISION_REDIS_ADDRESS="rediss://${redis_endpoint}:6379"
   raycluster="${KUBERAY_DIR}/raycluster-gcs-ft"
 fi
-apply_manifests "${KUBERAY_DIR}/serviceaccount.yaml" "${raycluster}" \
-  "${KUBERAY_DIR}/rayservice.yaml" "${KUBERAY_DIR}/serve-ingress.yaml" \
+# The NetworkPolicies first: no Ray pod starts before its allows (and denies) exist.
+apply_manifests "${KUBERAY_DIR}/networkpolicies.yaml" "${KUBERAY_DIR}/serviceaccount.yaml" \
+  "${raycluster}" "${KUBERAY_DIR}/rayservice.yaml" "${KUBERAY_DIR}/serve-ingress.yaml" \
   "${KUBERAY_DIR}"/raycronjob-*.yaml
 raycluster_ready() {
   [[ "$(kubectl -n "${RAY_NAMESPACE}" get raycluster rayvision -o 'jsonpath={.status.state}')" == ready ]]

@@ -32,24 +32,30 @@ log "the MLflow release"
 run helm upgrade --install mlflow "${REPO_ROOT}/cluster/charts/mlflow" \
   --namespace "${MLFLOW_NAMESPACE}" --wait --timeout 10m \
   --set image.repository="${mlflow_repo}" --set image.tag="${mlflow_image_tag}" \
+  --set image.digest="$(image_digest "${mlflow_repo}:${mlflow_image_tag}")" \
   --set serviceAccount.roleArn="$(tf_map_output irsa_role_arns mlflow)" \
   --set artifactsDestination="$(tf_output mlflow_artifacts_uri)" \
   --set database.host="$(tf_output rds_endpoint)" \
   --set database.passwordSecretArn="$(tf_output rds_master_secret_arn)" \
   --set ingress.host="${mlflow_host}" \
-  --set ingress.certificateArn="$(tf_output certificate_arn)"
+  --set ingress.certificateArn="$(tf_output certificate_arn)" \
+  --set ingress.wafAclArn="$(tf_output waf_acl_arn)"
 
-log "DNS: ${mlflow_host} and ${serve_host} to the platform's load balancer"
+log "DNS: ${mlflow_host} and ${serve_host}, each to its own load balancer"
+# alb_hostname NAMESPACE INGRESS: the DNS name of the ALB the controller made for that ingress.
 alb_hostname() {
-  kubectl -n "${MLFLOW_NAMESPACE}" get ingress mlflow \
-    -o 'jsonpath={.status.loadBalancer.ingress[0].hostname}'
+  kubectl -n "$1" get ingress "$2" -o 'jsonpath={.status.loadBalancer.ingress[0].hostname}'
 }
-alb_ready() { [[ -n "$(alb_hostname)" ]]; }
-wait_until 600 "the load balancer of the MLflow ingress" alb_ready
-alb="$(capture alb alb_hostname)"
-changes="$(jq -cn --arg alb "${alb}" --arg a "${mlflow_host}" --arg b "${serve_host}" '{Changes: [
-  {Action: "UPSERT", ResourceRecordSet: {Name: $a, Type: "CNAME", TTL: 300, ResourceRecords: [{Value: $alb}]}},
-  {Action: "UPSERT", ResourceRecordSet: {Name: $b, Type: "CNAME", TTL: 300, ResourceRecords: [{Value: $alb}]}}
+mlflow_alb_ready() { [[ -n "$(alb_hostname "${MLFLOW_NAMESPACE}" mlflow)" ]]; }
+serve_alb_ready() { [[ -n "$(alb_hostname "${RAY_NAMESPACE}" classifier)" ]]; }
+wait_until 600 "the load balancer of the MLflow ingress" mlflow_alb_ready
+wait_until 600 "the load balancer of the Serve ingress" serve_alb_ready
+mlflow_alb="$(capture mlflow_alb alb_hostname "${MLFLOW_NAMESPACE}" mlflow)"
+serve_alb="$(capture serve_alb alb_hostname "${RAY_NAMESPACE}" classifier)"
+changes="$(jq -cn --arg a "${mlflow_host}" --arg a_alb "${mlflow_alb}" \
+  --arg b "${serve_host}" --arg b_alb "${serve_alb}" '{Changes: [
+  {Action: "UPSERT", ResourceRecordSet: {Name: $a, Type: "CNAME", TTL: 300, ResourceRecords: [{Value: $a_alb}]}},
+  {Action: "UPSERT", ResourceRecordSet: {Name: $b, Type: "CNAME", TTL: 300, ResourceRecords: [{Value: $b_alb}]}}
 ]}')"
 run aws route53 change-resource-record-sets --hosted-zone-id "$(tf_output hosted_zone_id)" \
   --change-batch "${changes}"

@@ -21,6 +21,8 @@ port_forward "${MLFLOW_NAMESPACE}" svc/mlflow "${LOCAL_PORT}" 5000
 # The experiments and registered models that the platform's jobs write to.
 mapfile -t experiments < <(grep -oE -- '--experiment [^ ]+' "${PIPELINES}" | cut -d' ' -f2 | sort -u)
 mapfile -t models < <(grep -oE -- '--register-as [^ ]+' "${PIPELINES}" | cut -d' ' -f2 | sort -u)
+# evaluate.py and promote.py log their runs here (app/evaluate.py EVAL_EXPERIMENT).
+experiments+=(model-evaluation)
 
 # The users file of cluster/mlflow/users.py, as JSON (YAML's subset): each user's password in an
 # environment variable of its own, exported to this script's children, never in an argument.
@@ -29,23 +31,31 @@ models_json="$(jq -cn '$ARGS.positional' --args "${models[@]}")"
 declare -A passwords=()
 users="[]"
 n=0
-while read -r user role; do
+# The Ray pods' users: their passwords are in the Secrets 02-cluster.sh made.
+declare -A pod_secrets=(
+  [ray-jobs]=rayvision-mlflow-client
+  [ray-promote]=rayvision-mlflow-promoter
+  [ray-serve]=rayvision-mlflow-serve
+)
+while read -r user role models_role; do
   [[ -z "${user}" || "${user}" == \#* ]] && continue
-  log "user ${user}: ${role}"
+  models_role="${models_role:-${role}}"
+  log "user ${user}: ${role} on experiments, ${models_role} on registered models"
   n=$((n + 1))
-  if [[ "${user}" == ray-jobs ]]; then
-    password="$(capture password secret_value "${RAY_NAMESPACE}" rayvision-mlflow-client \
+  if [[ -n "${pod_secrets[${user}]:-}" ]]; then
+    password="$(capture password secret_value "${RAY_NAMESPACE}" "${pod_secrets[${user}]}" \
       MLFLOW_TRACKING_PASSWORD)"
   else
     password="$(random_or_existing "${MLFLOW_NAMESPACE}" mlflow-users "${user}")"
     passwords["${user}"]="${password}"
   fi
   export "MLFLOW_USER_PASSWORD_${n}=${password}"
-  users="$(jq -c --arg u "${user}" --arg r "${role}" --arg env "MLFLOW_USER_PASSWORD_${n}" \
+  users="$(jq -c --arg u "${user}" --arg r "${role}" --arg mr "${models_role}" \
+    --arg env "MLFLOW_USER_PASSWORD_${n}" \
     --argjson experiments "${experiments_json}" --argjson models "${models_json}" \
     '. + [{username: $u, password_env: $env} + (if $r == "admin" then {admin: true} else
       {experiments: ($experiments | map({(.): $r}) | add // {}),
-       registered_models: ($models | map({(.): $r}) | add // {})} end)]' <<<"${users}")"
+       registered_models: ($models | map({(.): $mr}) | add // {})} end)]' <<<"${users}")"
 done <"${USERS_CONF}"
 
 spec="$(mktemp)"

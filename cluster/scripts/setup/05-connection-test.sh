@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # 05: end-to-end connection test from an admin's machine, the way users reach the platform:
 # the Ray job API with and without the cluster's token, a Ray job on the cluster, MLflow over
-# HTTPS with and without credentials, HTTP redirected to HTTPS, and the inference endpoint.
+# with and without credentials (over HTTPS when its load balancer is internet-facing, through a
+# port-forward when internal), HTTP redirected to HTTPS, and the inference endpoint.
 # Read-only but for one tiny Ray job. Exit status 1 when a check fails.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -30,14 +31,27 @@ check "ray job submit with the token runs a job on the cluster" \
   ray job submit --address "${ray_address}" -- python -c 'import ray; ray.init(); print(ray.cluster_resources())'
 
 log "MLflow"
-mlflow_url="https://${mlflow_host}"
-check "MLflow answers over HTTPS" curl -sf "${mlflow_url}/health"
-check "plain HTTP is redirected to HTTPS (301)" status_is 301 "http://${mlflow_host}/health"
+# An internal load balancer (the chart's default) is out of this machine's reach unless it is on
+# the VPC's network: then the server itself is checked through a port-forward, and the check is
+# that no internet-facing load balancer exists for it.
+mlflow_scheme="$(capture mlflow_scheme kubectl -n "${MLFLOW_NAMESPACE}" get ingress mlflow \
+  -o 'jsonpath={.metadata.annotations.alb\.ingress\.kubernetes\.io/scheme}')"
+if [[ "${mlflow_scheme}" == internal ]]; then
+  log "MLflow's load balancer is internal: checking the server through a port-forward"
+  port_forward "${MLFLOW_NAMESPACE}" svc/mlflow "${MLFLOW_LOCAL_PORT:-15000}" 5000
+  mlflow_url="http://127.0.0.1:${MLFLOW_LOCAL_PORT:-15000}"
+  netrc_host=127.0.0.1
+else
+  mlflow_url="https://${mlflow_host}"
+  netrc_host="${mlflow_host}"
+  check "MLflow answers over HTTPS" curl -sf "${mlflow_url}/health"
+  check "plain HTTP is redirected to HTTPS (301)" status_is 301 "http://${mlflow_host}/health"
+fi
 check "MLflow refuses an anonymous API call (401)" \
   status_is 401 "${mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
 mlflow_password="$(capture password secret_value "${RAY_NAMESPACE}" rayvision-mlflow-client MLFLOW_TRACKING_PASSWORD)"
 check "MLflow accepts the jobs' user" status_is 200 \
-  --netrc-file <(printf 'machine %s login ray-jobs password %s\n' "${mlflow_host}" "${mlflow_password}") \
+  --netrc-file <(printf 'machine %s login ray-jobs password %s\n' "${netrc_host}" "${mlflow_password}") \
   "${mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
 
 log "inference"

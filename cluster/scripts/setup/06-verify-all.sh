@@ -42,7 +42,9 @@ RAYVISION_IMAGE="$(capture image kubectl -n "${RAY_NAMESPACE}" get raycluster ra
 RAYVISION_RAY_ROLE_ARN="$(tf_map_output irsa_role_arns ray)"
 RAYVISION_SERVE_HOST="$(tf_output serve_host)"
 RAYVISION_CERT_ARN="$(tf_output certificate_arn)"
-export RAYVISION_IMAGE RAYVISION_RAY_ROLE_ARN RAYVISION_SERVE_HOST RAYVISION_CERT_ARN
+RAYVISION_WAF_ACL_ARN="$(tf_output waf_acl_arn)"
+export RAYVISION_IMAGE RAYVISION_RAY_ROLE_ARN RAYVISION_SERVE_HOST RAYVISION_CERT_ARN \
+  RAYVISION_WAF_ACL_ARN
 no_drift() { render_manifest "$1" | kubectl diff -f -; }
 for manifest in "${KUBERAY_DIR}"/{serviceaccount,rayservice,serve-ingress}.yaml \
   "${KUBERAY_DIR}"/raycronjob-*.yaml; do

@@ -28,7 +28,7 @@ METRICS_SERVER_CHART_VERSION=3.13.1      # metrics-server 0.8.1 (the MLflow HPA 
 # job entrypoints expand $RAYVISION_* in the submitter pod).
 MANIFEST_VARS=(
   RAYVISION_IMAGE RAYVISION_RAY_ROLE_ARN RAYVISION_SERVE_HOST RAYVISION_CERT_ARN
-  RAYVISION_REDIS_ADDRESS
+  RAYVISION_REDIS_ADDRESS RAYVISION_WAF_ACL_ARN
 )
 
 DRY_RUN=0
@@ -284,6 +284,13 @@ port_forward() {
   done
 }
 PORT_FORWARD_PIDS=()
+
+# image_digest REPO:TAG: the digest (sha256:...) ECR holds for that tag, to run the image by it.
+image_digest() {
+  local image="$1" repo="${1%:*}"
+  capture digest aws ecr describe-images --repository-name "${repo#*/}" \
+    --image-ids "imageTag=${image##*:}" --query 'imageDetails[0].imageDigest' --output text
+}
 
 # build_and_push IMAGE DOCKERFILE [docker build args...]: build and push IMAGE (repo:tag in ECR)
 # unless that tag is already there. ECR tags are immutable: an image is never rebuilt.

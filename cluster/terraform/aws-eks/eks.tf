@@ -106,6 +106,9 @@ resource "aws_eks_addon" "core" {
   for_each     = toset(["vpc-cni", "coredns", "kube-proxy"])
   cluster_name = aws_eks_cluster.main.name
   addon_name   = each.value
+  # The VPC CNI enforces NetworkPolicies (cluster/kuberay/networkpolicies.yaml, the MLflow
+  # chart's) only with its network-policy agent on; without it they are accepted and ignored.
+  configuration_values = each.value == "vpc-cni" ? jsonencode({ enableNetworkPolicy = "true" }) : null
 
   depends_on = [aws_eks_node_group.main["system"]]
 }

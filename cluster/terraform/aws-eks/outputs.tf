@@ -72,3 +72,7 @@ output "ray_gcs_redis_endpoint" {
 output "ray_gcs_redis_secret_arn" {
   value = var.enable_ray_gcs_ft ? aws_secretsmanager_secret.redis[0].arn : ""
 }
+
+output "waf_acl_arn" {
+  value = aws_wafv2_web_acl.ingress.arn
+}

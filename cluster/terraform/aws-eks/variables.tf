@@ -196,3 +196,25 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "mlflow_rate_limit" {
+  description = "Requests one client IP may send to the MLflow host in 5 minutes before the WAF blocks it (each checks a password)."
+  type        = number
+  default     = 600
+
+  validation {
+    condition     = var.mlflow_rate_limit >= 10
+    error_message = "mlflow_rate_limit must be at least 10 (AWS WAF's minimum)."
+  }
+}
+
+variable "ingress_rate_limit" {
+  description = "Requests one client IP may send to either host in 5 minutes before the WAF blocks it."
+  type        = number
+  default     = 6000
+
+  validation {
+    condition     = var.ingress_rate_limit >= 10
+    error_message = "ingress_rate_limit must be at least 10 (AWS WAF's minimum)."
+  }
+}

@@ -31,6 +31,11 @@ class PasswordPostgres:
     data_dir: Path
     port: int
 
+    @property
+    def certificate(self) -> Path:
+        """The server's self-signed certificate: the CA bundle its clients verify it with."""
+        return self.data_dir / "server.crt"
+
     def admin(self, database: str = "postgres") -> Any:
         """A superuser connection over the Unix socket (trust)."""
         conn = psycopg2.connect(
@@ -126,7 +131,8 @@ def password_postgres() -> Iterator[PasswordPostgres]:
             check=True,
             capture_output=True,
         )
-        # A self-signed certificate: clients use sslmode=require, which does not verify it.
+        # A self-signed certificate for 127.0.0.1, its own CA (`certificate`): clients verify it
+        # with sslmode=verify-full and sslrootcert, as the chart's pods verify RDS's.
         subprocess.run(
             _as_postgres(
                 [
@@ -140,6 +146,8 @@ def password_postgres() -> Iterator[PasswordPostgres]:
                     "2",
                     "-subj",
                     "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
                     "-keyout",
                     str(data_dir / "server.key"),
                     "-out",

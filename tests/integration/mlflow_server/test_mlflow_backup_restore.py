@@ -72,6 +72,9 @@ def test_backup_drop_restore_keeps_everything(
     done = stack.run_script(["cluster/scripts/backup-mlflow.sh", str(backup)])
     assert done.returncode == 0, done.stderr
     assert (backup / "mlflow.dump").stat().st_size > 0
+    # Password hashes and artifacts: nothing of the backup is readable by other users.
+    for path in [backup, *backup.rglob("*")]:
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is not private"
 
     assert stop_server(stack.run_dir)
     database = make_url(stack.state.backend_store_uri).database

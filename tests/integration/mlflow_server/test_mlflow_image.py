@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ BUCKET = bucket_name()
 DATABASE = "mlflow"
 USER = "mlflow"
 REGION = TEST_REGION
+CA_FILE = "database-ca.pem"
 POD_KEY = "mlflow-pods"  # the access key of the pods' IAM role (IRSA) here
 
 
@@ -147,6 +149,12 @@ def deployed(
         secret = json.dumps({"username": USER, "password": password})
         created = aws.secretsmanager.create_secret(Name="rds!db-0a1b2c3d", SecretString=secret)
         aws.secret_arn = created["ARN"]
+        root = tmp_path_factory.mktemp("pod")
+        volumes = {name: root / name for name in ("tmp", "db-credentials", "auth-config")}
+        for path in volumes.values():
+            path.mkdir()
+        # This server's CA where the pod sees it (its /tmp), as the image holds RDS's.
+        shutil.copy(postgres.certificate, volumes["tmp"] / CA_FILE)
         objects = render_chart(
             {
                 "image": {"repository": "rayvision-mlflow"},
@@ -157,17 +165,13 @@ def deployed(
                     "port": postgres.port,
                     "passwordSecretArn": aws.secret_arn,
                     "passwordRefreshSeconds": 5,
+                    # The chart's default verify-full, against this server's CA as against RDS's.
+                    "sslRootCert": f"/tmp/{CA_FILE}",
                 },
                 "server": {"port": free_port()},
                 "ingress": {"enabled": False},
             }
         )
-        root = tmp_path_factory.mktemp("pod")
-        volumes = {name: root / name for name in ("tmp", "db-credentials", "auth-config")}
-        for path in volumes.values():
-            path.mkdir()
-        for name, text in objects["ConfigMap"]["data"].items():
-            (volumes["auth-config"] / name).write_text(text)
         admin = ("admin", secrets.token_urlsafe(16))
         pod = LocalPod(
             objects["Deployment"]["spec"]["template"]["spec"],
@@ -191,6 +195,9 @@ def deployed(
             },
             logs=root,
         )
+        for name, text in objects["ConfigMap"]["data"].items():
+            # Paths in the file (basic_auth.ini's database URI) point where the pod sees them.
+            (volumes["auth-config"] / name).write_text(pod.mapped("mlflow", text))
         pod.start_pod()
         try:
             yield Deployed(pod, objects, postgres, aws, admin, password)
@@ -280,6 +287,7 @@ def test_a_chart_upgrade_migrates_a_previous_versions_schema_before_the_server_s
     job_volumes = {name: tmp_path / name for name in ("tmp", "db-credentials")}
     for path in job_volumes.values():
         path.mkdir()
+    shutil.copy(deployed.postgres.certificate, job_volumes["tmp"] / CA_FILE)
     job = LocalPod(
         deployed.objects["Job"]["spec"]["template"]["spec"],
         deployed.pod.image,

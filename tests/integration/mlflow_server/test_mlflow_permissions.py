@@ -1,5 +1,10 @@
 """Users and permissions on the real server: created by cluster/mlflow/users.py from a YAML file,
-then checked over the REST API the way any client reaches it."""
+then checked over the REST API the way any client reaches it.
+
+The users stand for the platform's identities (docs/deploy-aws.md#who-can-do-what): the reader
+for the serving user and for people (READ on the registered model), the editor for the training
+jobs (EDIT: they register versions and set @challenger), the manager for the promotion job
+(MANAGE: the only one who moves @champion), and the admin for break-glass."""
 
 from __future__ import annotations
 
@@ -60,7 +65,7 @@ def world(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> World:
           - username: {names["editor"]}
             password_env: PW_EDITOR
             experiments: {{{experiment}: EDIT}}
-            registered_models: {{{model}: READ}}
+            registered_models: {{{model}: EDIT}}
           - username: {names["manager"]}
             password_env: PW_MANAGER
             experiments: {{"*": MANAGE}}
@@ -94,9 +99,21 @@ def _log(stack: Stack, user: tuple[str, str], run_id: str, key: str) -> int:
     return stack.call("POST", f"{API}/runs/log-batch", user, json=body).status_code
 
 
-def _alias(stack: Stack, user: tuple[str, str], model: str) -> int:
-    body = {"name": model, "alias": "champion", "version": "2"}
+def _alias(
+    stack: Stack, user: tuple[str, str], model: str, alias: str = "champion", version: str = "2"
+) -> int:
+    body = {"name": model, "alias": alias, "version": version}
     return stack.call("POST", f"{API}/registered-models/alias", user, json=body).status_code
+
+
+def _delete_alias(stack: Stack, user: tuple[str, str], model: str, alias: str) -> int:
+    body = {"name": model, "alias": alias}  # in the body, as MlflowClient sends it
+    return stack.call("DELETE", f"{API}/registered-models/alias", user, json=body).status_code
+
+
+def _register(stack: Stack, user: tuple[str, str], world: World) -> int:
+    body = {"name": world.model, "source": f"runs:/{world.run_id}/model", "run_id": world.run_id}
+    return stack.call("POST", f"{API}/model-versions/create", user, json=body).status_code
 
 
 def _grant(stack: Stack, user: tuple[str, str], grantee: str, experiment_id: str) -> int:
@@ -109,14 +126,15 @@ def _grant(stack: Stack, user: tuple[str, str], grantee: str, experiment_id: str
     return stack.call("POST", GRANT, user, json=body).status_code
 
 
-def _champion_version(stack: Stack, model: str) -> str:
+def _alias_version(stack: Stack, model: str, alias: str = "champion") -> str | None:
     answer = stack.call(
-        "GET",
-        f"{API}/registered-models/alias",
-        stack.admin,
-        params={"name": model, "alias": "champion"},
+        "GET", f"{API}/registered-models/alias", stack.admin, params={"name": model, "alias": alias}
     )
-    return str(answer.json()["model_version"]["version"])
+    return str(answer.json()["model_version"]["version"]) if answer.ok else None
+
+
+def _champion_version(stack: Stack, model: str) -> str:
+    return str(_alias_version(stack, model))
 
 
 def test_unauthenticated_and_wrong_password_get_401(stack: Stack, world: World) -> None:
@@ -136,6 +154,8 @@ def test_read_user_cannot_log_delete_or_move_an_alias(stack: Stack, world: World
     delete = stack.call("POST", f"{API}/runs/delete", world.reader, json={"run_id": world.run_id})
     assert delete.status_code == 403
     assert _alias(stack, world.reader, world.model) == 403
+    assert _alias(stack, world.reader, world.model, "challenger") == 403
+    assert _register(stack, world.reader, world) == 403
     assert _champion_version(stack, world.model) == "1"
     run = stack.call("GET", f"{API}/runs/get", stack.admin, params={"run_id": world.run_id}).json()
     assert run["run"]["info"]["lifecycle_stage"] == "active"
@@ -156,7 +176,33 @@ def test_edit_user_logs_but_cannot_delete_manage_permissions_or_move_an_alias(
     delete = stack.call("POST", f"{API}/runs/delete", world.editor, json={"run_id": world.run_id})
     assert delete.status_code == 403
     assert _grant(stack, world.editor, world.reader[0], world.experiment_id) == 403
-    assert _alias(stack, world.editor, world.model) == 403
+
+
+def test_training_identity_registers_and_sets_challenger_but_cannot_move_champion(
+    stack: Stack, world: World
+) -> None:
+    """EDIT on the model is what MLflow asks for every alias move; the promotion gate
+    (cluster/mlflow/alias_guard.py) keeps all but @challenger for MANAGE."""
+    assert _register(stack, world.editor, world) == 200
+    assert _alias(stack, world.editor, world.model, "challenger", "2") == 200
+    assert _alias_version(stack, world.model, "challenger") == "2"
+    refused = stack.call(
+        "POST",
+        f"{API}/registered-models/alias",
+        world.editor,
+        json={"name": world.model, "alias": "champion", "version": "2"},
+    )
+    assert refused.status_code == 403
+    assert "needs MANAGE on the registered model" in refused.json()["message"]
+    assert _alias(stack, world.editor, world.model, "production", "2") == 403
+    assert _delete_alias(stack, world.editor, world.model, "champion") == 403
+    rename = {"name": world.model, "new_name": f"{world.model}-renamed"}
+    assert (
+        stack.call("POST", f"{API}/registered-models/rename", world.editor, json=rename).status_code
+        == 403
+    )
+    assert _champion_version(stack, world.model) == "1"
+    assert _alias_version(stack, world.model, "production") is None
 
 
 def test_manage_user_grants_permissions_and_moves_aliases(stack: Stack, world: World) -> None:
@@ -170,6 +216,9 @@ def test_manage_user_grants_permissions_and_moves_aliases(stack: Stack, world: W
 
     assert _alias(stack, world.manager, world.model) == 200
     assert _champion_version(stack, world.model) == "2"
+    assert _alias(stack, world.manager, world.model, "staging", "1") == 200
+    assert _delete_alias(stack, world.manager, world.model, "staging") == 200
+    assert _alias_version(stack, world.model, "staging") is None
 
 
 def test_client_authenticates_from_netrc(stack: Stack, world: World, tmp_path: Path) -> None:

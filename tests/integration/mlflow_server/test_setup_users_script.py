@@ -41,6 +41,18 @@ esac
 """
 
 
+# The Ray pods' MLflow users and the Secrets of 02-cluster.sh that hold their passwords.
+POD_USERS = {
+    "ray-jobs": "rayvision-mlflow-client",
+    "ray-promote": "rayvision-mlflow-promoter",
+    "ray-serve": "rayvision-mlflow-serve",
+}
+
+
+def _pod_password(user: str) -> str:
+    return f"{user}-password-0123456789"
+
+
 def _users_script(stack: Stack, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     stubs, secrets = tmp_path / "bin", tmp_path / "secrets"
     if not stubs.exists():
@@ -50,9 +62,10 @@ def _users_script(stack: Stack, tmp_path: Path) -> subprocess.CompletedProcess[s
         kubectl.write_text(KUBECTL)
         kubectl.chmod(kubectl.stat().st_mode | stat.S_IXUSR)
         (secrets / "mlflow.mlflow-admin").write_text(f"admin-password={stack.admin[1]}\n")
-        (secrets / "rayvision.rayvision-mlflow-client").write_text(
-            "MLFLOW_TRACKING_PASSWORD=ray-jobs-password-0123456789\n"
-        )
+        for user, secret in POD_USERS.items():
+            (secrets / f"rayvision.{secret}").write_text(
+                f"MLFLOW_TRACKING_PASSWORD={_pod_password(user)}\n"
+            )
     return subprocess.run(
         ["bash", str(SETUP / "04-users.sh")],
         env={
@@ -80,7 +93,7 @@ def test_the_users_script_creates_the_users_and_grants_their_roles(
     assert first.returncode == 0, first.stdout + first.stderr
     passwords = _passwords(tmp_path)
     assert set(passwords) == {"mlops-1", "mlops-2", "ml-engineer-1"}
-    users = {**passwords, "ray-jobs": "ray-jobs-password-0123456789"}
+    users = {**passwords, **{user: _pod_password(user) for user in POD_USERS}}
     for user, password in users.items():
         assert password not in first.stdout + first.stderr, "a password was printed"
         me = stack.call("GET", f"{API}/users/get", (user, password), params={"username": user})
@@ -100,7 +113,42 @@ def test_the_users_script_creates_the_users_and_grants_their_roles(
     delete = {"experiment_id": experiment["experiment_id"]}
     assert stack.call("POST", f"{API}/experiments/delete", engineer, json=delete).status_code == 403
 
+    # The promotion gate by permission: only ray-promote (and the admin) moves @champion.
+    for user, status in {
+        "ray-promote": 200,
+        "ray-jobs": 403,
+        "ray-serve": 403,
+        "ml-engineer-1": 403,
+        "mlops-2": 403,
+    }.items():
+        assert _set_champion(stack, (user, users[user])) == status, user
+    challenger = {"name": "cifar10-classifier", "alias": "challenger", "version": "1"}
+    assert (
+        stack.call(
+            "POST",
+            f"{API}/registered-models/alias",
+            ("ray-jobs", users["ray-jobs"]),
+            json=challenger,
+        ).status_code
+        == 200
+    )
+
     again = _users_script(stack, tmp_path)  # idempotent: the same users keep their passwords
     assert again.returncode == 0, again.stdout + again.stderr
     assert _passwords(tmp_path) == passwords
     assert stack.call("GET", f"{API}/users/get", engineer, params={"username": engineer[0]}).ok
+
+
+def _set_champion(stack: Stack, user: tuple[str, str]) -> int:
+    """@champion of the platform's model to its first version, as ``user``."""
+    model = "cifar10-classifier"
+    versions = stack.call(
+        "GET", f"{API}/registered-models/get-latest-versions", stack.admin, params={"name": model}
+    ).json()
+    if not versions.get("model_versions"):
+        with stack.as_admin() as admin:
+            experiment = admin.get_experiment_by_name("cifar10-sweep")
+            run = admin.create_run(experiment.experiment_id).info.run_id
+            admin.create_model_version(model, f"runs:/{run}/model", run_id=run)
+    body = {"name": model, "alias": "champion", "version": "1"}
+    return stack.call("POST", f"{API}/registered-models/alias", user, json=body).status_code

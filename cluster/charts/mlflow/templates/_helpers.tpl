@@ -19,11 +19,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
+{{/* The server's image: by digest when one is given (03-mlflow.sh gives the pushed image's), so
+a pod runs exactly the image that was built and checked, whatever the tag points to later. */}}
+{{- define "mlflow.image" -}}
+{{- $image := .Values.image -}}
+{{- $repository := required "image.repository is required (the image of cluster/docker/mlflow.Dockerfile)" $image.repository -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository $image.tag -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The store URI, without credentials: libpq takes them from PGUSER and the password file. The
 driver is named: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which the image lacks. */}}
 {{- define "mlflow.databaseUri" -}}
 {{- $db := .Values.database -}}
 {{- printf "postgresql+psycopg2://%s:%d/%s?sslmode=%s" (required "database.host is required" $db.host) (int $db.port) $db.name $db.sslMode -}}
+{{- if ne $db.sslMode "require" }}{{ printf "&sslrootcert=%s" $db.sslRootCert }}{{ end -}}
 {{- end -}}
 
 {{/* Host headers the server answers (MLflow's DNS-rebinding protection): the in-cluster service
@@ -56,7 +69,7 @@ Called with (dict "root" $ "once" BOOL). */}}
 {{- define "mlflow.pgpassContainer" -}}
 {{- $root := .root -}}
 - name: {{ if .once }}pgpass{{ else }}pgpass-refresh{{ end }}
-  image: "{{ $root.Values.image.repository }}:{{ $root.Values.image.tag }}"
+  image: {{ include "mlflow.image" $root | quote }}
   imagePullPolicy: {{ $root.Values.image.pullPolicy }}
   command: ["python", "-m", "cluster.mlflow.pgpass"]
   args:
