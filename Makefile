@@ -16,7 +16,15 @@ WORKERS ?= 2
 MODEL_NAME ?= digits-classifier
 MLFLOW_PORT ?= 5000
 MLFLOW_TRACKING_URI ?= http://127.0.0.1:$(MLFLOW_PORT)
-RAY_DASHBOARD ?= http://127.0.0.1:8265
+# The local cluster of `make ray-up`: ports (each checked free first) and its record for ray-down.
+RAY_PORT ?= 6379
+DASHBOARD_PORT ?= 8265
+RAY_CLIENT_PORT ?= 10001
+DASHBOARD_AGENT_PORT ?= 52365
+RAY_DASHBOARD ?= http://127.0.0.1:$(DASHBOARD_PORT)
+RAY_RECORD ?= results/ray/ray.json
+# One line per taken port, naming what holds it and the variable that moves it.
+CHECK_PORTS := $(PY) -m cluster.local_ports check
 COVERAGE_FLOOR ?= 80
 # Targets run the venv's tools; a cluster started here runs jobs' `python` from the venv too.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -93,11 +101,8 @@ demo: $(STAMP) ## the whole path on digits: sweep -> register -> promote -> serv
 	PY=$(PY) cluster/scripts/demo.sh
 
 .PHONY: demo-down
-demo-down: ## stop what `make demo` started (Serve app, Ray cluster, MLflow server)
-	-$(MAKE) --no-print-directory serve-down
-	@if [ -f results/demo/ray.started ]; then $(BIN)/ray stop; rm results/demo/ray.started; fi
-	@if [ -f results/demo/mlflow.pid ]; then \
-		kill -- -"$$(cat results/demo/mlflow.pid)" 2>/dev/null || true; rm results/demo/mlflow.pid; fi
+demo-down: ## stop what `make demo` started (Serve app, its Ray cluster only, MLflow server)
+	@PY=$(PY) cluster/scripts/demo.sh down
 
 .PHONY: train
 train: $(STAMP) ## train one model on DATASET with MODEL, registered @challenger (no cluster needed)
@@ -129,20 +134,32 @@ promote: $(STAMP) ## move @champion to @challenger if it is at least as good
 
 .PHONY: mlflow-ui
 mlflow-ui: $(STAMP) ## MLflow UI + tracking server on a local SQLite store (foreground)
+	@$(CHECK_PORTS) MLFLOW_PORT=$(MLFLOW_PORT)
 	$(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
 		--backend-store-uri sqlite:///mlflow.db --serve-artifacts --artifacts-destination mlartifacts
 
 .PHONY: ray-up
 ray-up: $(STAMP) ## start a local Ray head (dashboard, Serve, HAProxy on 127.0.0.1) logging to MLFLOW_TRACKING_URI
+	@if [ -f $(RAY_RECORD) ]; then \
+		echo "error: a cluster of make ray-up is recorded in $(RAY_RECORD): make ray-down first"; \
+		exit 1; fi
+	@$(CHECK_PORTS) RAY_PORT=$(RAY_PORT) DASHBOARD_PORT=$(DASHBOARD_PORT) \
+		RAY_CLIENT_PORT=$(RAY_CLIENT_PORT) DASHBOARD_AGENT_PORT=$(DASHBOARD_AGENT_PORT)
 	@# A token-auth head needs ~/.ray/auth_token; --generate keeps an existing one (stdout: the token).
 	$(BIN)/ray get-auth-token --generate >/dev/null
-	@# HAProxy's files in a folder of this user's alone, stats and metrics on 127.0.0.1.
+	@# HAProxy's files in a folder of this user's alone, stats and metrics on 127.0.0.1. A
+	@# session of its own (setsid): ray-down ends this cluster's processes and no others.
 	haproxy_env="$$($(PY) -m serve.laptop_env)" && eval "$$haproxy_env" && \
-		MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI) $(BIN)/ray start --head --dashboard-host 127.0.0.1
+		MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI) setsid -w $(BIN)/ray start --head \
+		--port $(RAY_PORT) --dashboard-host 127.0.0.1 --dashboard-port $(DASHBOARD_PORT) \
+		--ray-client-server-port $(RAY_CLIENT_PORT) \
+		--dashboard-agent-listen-port $(DASHBOARD_AGENT_PORT)
+	@$(PY) -m cluster.local_ports record-ray $(RAY_PORT) $(RAY_RECORD)
 
 .PHONY: ray-down
-ray-down: ## stop the local Ray cluster
-	$(BIN)/ray stop
+ray-down: ## stop the local Ray cluster of `make ray-up` (other Ray clusters keep running)
+	@if [ -f $(RAY_RECORD) ]; then $(PY) -m cluster.local_ports stop-ray $(RAY_RECORD); \
+	else echo "no cluster of make ray-up recorded in $(RAY_RECORD); nothing stopped"; fi
 
 .PHONY: submit-train
 submit-train: $(STAMP) ## submit jobs/train.py to the running cluster as a Ray Job

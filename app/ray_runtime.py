@@ -3,12 +3,63 @@
 from __future__ import annotations
 
 import os
+import re
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Ray Train gives a worker group 60 s to start; on a busy 2-core laptop importing torch in
 # several fresh worker processes can take longer. Applies to clusters this process starts.
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+# Ray Train's workers print each line twice by default (its print patch tees to the console
+# besides logging it there); Train passes this on to the controllers and workers it starts.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+# RAYVISION_VERBOSE=1 shows all of Ray's and MLflow's console output; without it the lines
+# below, which a user cannot act on, stay in Ray's log files (session dir, logs/worker-*.out).
+VERBOSE_ENV = "RAYVISION_VERBOSE"
+CHATTER = re.compile(
+    r"core_worker\.cc:\d+: Actor with class name: 'PreemptionWatcher'"
+    r"|^Checkpoint successfully created at: "
+    r"|^Reporting training result \d+: "
+    r"|^(Requesting resources: |Attempting to start training worker group |Started training "
+    r"worker group of size |- \(ip=\S+, pid=\d+\) world_rank=|Setting up process group for: "
+    r"|Moving model to device: |Wrapping provided model in DistributedDataParallel)"
+    r"|/mlflow/\S+: UserWarning: |^\s+(color_warning|warnings\.warn)\($"
+    r"|Downloading artifacts: |^generated new fontManager$"
+    r"| INFO mlflow\.pyfunc: Validating input example "
+    r"|PYTHON worker processes have been started on node: "
+)
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def quiet_console() -> None:
+    """Keep the chatter above off this driver's console: the lines its workers send, and the
+    warnings MLflow raises here. Ray 2.60's dispatcher of worker output, a private name."""
+    if verbose():
+        return
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    handlers = dict(dispatcher.handlers)
+    printer: Callable[[dict[str, Any]], None] | None = handlers.get("ray_print_logs")
+    if printer is None or getattr(printer, "rayvision_quiet", False):
+        return
+
+    def quiet(data: dict[str, Any]) -> None:
+        lines = [line for line in data.get("lines", []) if not CHATTER.search(line)]
+        if lines:
+            printer({**data, "lines": lines})
+
+    quiet.rayvision_quiet = True  # type: ignore[attr-defined]
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", quiet)
 
 
 def ensure_ray() -> None:
@@ -23,6 +74,7 @@ def ensure_ray() -> None:
     else:
         pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
         ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    quiet_console()
 
 
 def ray_job_id() -> str | None:

@@ -2,7 +2,9 @@
 # Makefile, which defines PY, BIN, STAMP, RAY_DASHBOARD and exports RAY_AUTH_MODE=token.
 # The replicas find MLflow through the cluster's MLFLOW_TRACKING_URI (set by `make ray-up`).
 SERVE_CONFIG ?= serve/config.yaml
-SERVE_URL ?= http://127.0.0.1:8000
+# The port of http_options in SERVE_CONFIG (serve-up checks it is free first).
+SERVE_PORT ?= 8000
+SERVE_URL ?= http://127.0.0.1:$(SERVE_PORT)
 SERVE_RUN_DIR ?= results/serve
 SERVE_WAIT_S ?= 180
 # Which cluster `serve run` joins: the local one by default, or host:port when several run.
@@ -17,6 +19,7 @@ serve-up: $(STAMP) ## start the classifier service on the running cluster (backg
 	@if [ -f $(SERVE_PID) ] && kill -0 "$$(cat $(SERVE_PID))" 2>/dev/null; then \
 		echo "serve run already running (pid $$(cat $(SERVE_PID))): make serve-down first"; \
 		exit 1; fi
+	@$(PY) -m cluster.local_ports check SERVE_PORT=$(SERVE_PORT)
 	nohup $(BIN)/serve run --address $(SERVE_RAY_ADDRESS) --working-dir . $(SERVE_CONFIG) \
 		> $(SERVE_LOG) 2>&1 & echo $$! > $(SERVE_PID)
 	@for _ in $$(seq $(SERVE_WAIT_S)); do \
