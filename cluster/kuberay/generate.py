@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))  # for `serve`
 
-from cluster.kuberay.serving_identity import with_serving_identities  # noqa: E402
+from cluster.kuberay import serving_identity  # noqa: E402
 from serve.throughput import FRONT_HAPROXY, HIGH_THROUGHPUT_ENV, front_haproxy_env  # noqa: E402
 
 SERVE_CONFIG = REPO / "serve" / "config.yaml"
@@ -122,14 +122,14 @@ def embedded_spec(cluster: dict[str, Any]) -> dict[str, Any]:
     upgradeStrategy, which KubeRay accepts only on a RayCluster a user creates."""
     spec = copy.deepcopy(cluster["spec"])
     spec.pop("upgradeStrategy", None)
-    return spec
+    return serving_identity.without_promotion_login(spec)
 
 
 def _serving_cluster(spec: dict[str, Any], model_name: str) -> dict[str, Any]:
     """Serving runs on CPUs (a GPU-trained model loads on CPU) with one worker always up, in
     Ray's high-throughput Serve mode (HAProxy on port 8000 of every pod), and serves the model
     the pipelines register (MODEL_NAME overrides the Serve config's), as its own identities."""
-    spec = with_serving_identities(copy.deepcopy(spec))
+    spec = serving_identity.with_serving_identities(copy.deepcopy(spec))
     env = [{"name": "MODEL_NAME", "value": model_name}]
     front = front_haproxy_env(f"{IMAGE_APP_DIR}/{FRONT_HAPROXY.relative_to(REPO)}")
     env += [

@@ -23,6 +23,8 @@ SERVING_RAY_TOKEN_SECRET = "rayvision-serve-ray-token"  # noqa: S105
 SERVING_MLFLOW_SECRET = "rayvision-mlflow-serve"  # noqa: S105
 # Signs and checks Tune state (app/tune/state_signing.py): serving neither writes nor reads it.
 TUNE_STATE_KEY_SECRET = "rayvision-tune-state-key"  # noqa: S105
+# The volume of the MLflow login that moves @champion (Secret rayvision-mlflow-promoter).
+PROMOTION_LOGIN_VOLUME = "mlflow-promoter"
 
 
 def with_serving_identities(spec: dict[str, Any]) -> dict[str, Any]:
@@ -47,4 +49,17 @@ def with_serving_identities(spec: dict[str, Any]) -> dict[str, Any]:
                     ref["name"] = SERVING_MLFLOW_SECRET
             if [ref["name"] for ref in refs if ref] != [SERVING_MLFLOW_SECRET]:
                 raise SystemExit("raycluster.yaml: each Ray container must read one MLflow Secret")
+    return spec
+
+
+def without_promotion_login(spec: dict[str, Any]) -> dict[str, Any]:
+    """A cluster that a RayJob or the RayService creates promotes nothing (evaluate-promote runs
+    on the long-lived cluster): its pods get no promotion login (raycluster.yaml's driver group)."""
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        pod["volumes"] = [v for v in pod.get("volumes", []) if v["name"] != PROMOTION_LOGIN_VOLUME]
+        for container in pod["containers"]:
+            container["volumeMounts"] = [
+                m for m in container.get("volumeMounts", []) if m["name"] != PROMOTION_LOGIN_VOLUME
+            ]
     return spec

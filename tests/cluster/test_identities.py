@@ -119,8 +119,9 @@ def _secret_volumes(pod: dict[str, Any]) -> set[str]:
 
 
 def test_only_job_drivers_hold_the_login_that_moves_champion() -> None:
-    """The promotion step's MLflow user (MANAGE on the models) is a file in the driver group's
-    pods, where evaluate-promote.sh runs; no Serve pod, head or worker holds it."""
+    """The promotion step's MLflow user (MANAGE on the models) is a file in the long-lived
+    cluster's driver pods, where evaluate-promote.sh runs; no Serve pod, head or worker holds
+    it, nor the clusters the other RayJobs create."""
     seen = False
     for name, spec in _cluster_specs():
         groups = [("head", spec["headGroupSpec"])]
@@ -128,8 +129,10 @@ def test_only_job_drivers_hold_the_login_that_moves_champion() -> None:
         for group, entry in groups:
             pod = entry["template"]["spec"]
             holds = PROMOTER_MLFLOW_SECRET in _secret_volumes(pod) | _secret_refs(pod)
-            assert holds == (group == "driver" and name != "rayservice.yaml"), (name, group)
+            assert holds == (group == "driver" and name == "raycluster.yaml"), (name, group)
             seen |= holds
     assert seen
+    (promote,) = render_manifest(KUBERAY / "rayjob-evaluate-promote.yaml")
+    assert promote["spec"]["clusterSelector"] == {"ray.io/cluster": "rayvision"}
     script = (KUBERAY / "evaluate-promote.sh").read_text()
     assert script.index("mlflow-promoter") < script.index("jobs/promote.py")

@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cluster.kuberay.serving_identity import with_serving_identities
+from cluster.kuberay.serving_identity import with_serving_identities, without_promotion_login
 from serve.throughput import FRONT_HAPROXY, HIGH_THROUGHPUT_ENV
 from tests.cluster.clusterlib import (
     CRDS,
@@ -308,9 +308,12 @@ def test_tune_job_brings_its_own_cluster_and_removes_it() -> None:
     assert "clusterSelector" not in spec
     assert spec["activeDeadlineSeconds"] > 0
     cluster_spec = render_manifest(KUBERAY / "raycluster" / "raycluster.yaml")[0]["spec"]
-    assert spec["rayClusterSpec"] == {
-        k: v for k, v in cluster_spec.items() if k != "upgradeStrategy"
-    }
+    # The long-lived cluster's, less upgradeStrategy and the promotion login (which only
+    # evaluate-promote, on the long-lived cluster, uses: tests/cluster/test_identities.py).
+    expected = without_promotion_login(
+        {k: v for k, v in cluster_spec.items() if k != "upgradeStrategy"}
+    )
+    assert spec["rayClusterSpec"] == expected
     for policies in _deletions(spec).values():
         assert 0 < policies["DeleteCluster"] < policies["DeleteSelf"]
 
