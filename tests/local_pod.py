@@ -128,10 +128,15 @@ class LocalPod:
                 assert status == 0, f"{container['name']}: {status}\n{self.log(container['name'])}"
 
     def start_pod(self) -> None:
-        """A Deployment's pod: its init containers, then its long-running containers."""
-        self._init()
-        for container in self.spec["containers"]:
-            self.start(container["name"])
+        """A Deployment's pod: its init containers, then its long-running containers. If one
+        fails to start, what did start (a sidecar) is stopped again."""
+        try:
+            self._init()
+            for container in self.spec["containers"]:
+                self.start(container["name"])
+        except BaseException:
+            self.stop()
+            raise
 
     def run_job(self, timeout: float = 600) -> dict[str, int]:
         """A Job's pod: its init containers, then each container to completion; exit statuses."""
