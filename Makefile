@@ -132,6 +132,15 @@ promote: $(STAMP) ## move @champion to @challenger if it is at least as good
 	$(PY) jobs/promote.py --model-name $(MODEL_NAME) --from challenger --to champion \
 		--results-json results/promote.json
 
+.PHONY: cost-report
+cost-report: $(STAMP) ## what runs cost by experiment, model, month: make cost-report [EXPERIMENT=...] [SINCE=YYYY-MM]
+	$(PY) -m app.cost.report $(foreach name,$(EXPERIMENT),--experiment '$(name)') \
+		$(if $(SINCE),--since $(SINCE))
+
+.PHONY: provenance
+provenance: $(STAMP) ## what a model cost and what it was made from: make provenance [MODEL_URI=models:/name@alias]
+	$(PY) -m app.provenance $(or $(MODEL_URI),models:/$(MODEL_NAME)@champion)
+
 .PHONY: mlflow-ui
 mlflow-ui: $(STAMP) ## MLflow UI + tracking server on a local SQLite store (foreground)
 	@$(CHECK_PORTS) MLFLOW_PORT=$(MLFLOW_PORT)
@@ -166,6 +175,10 @@ submit-train: $(STAMP) ## submit jobs/train.py to the running cluster as a Ray J
 	$(BIN)/ray job submit --address $(RAY_DASHBOARD) --runtime-env runtime_env.yaml \
 		--working-dir . -- python jobs/train.py --dataset $(DATASET) --model $(MODEL) \
 		--epochs $(EPOCHS) --num-workers $(WORKERS) --register-as $(MODEL_NAME)
+
+.PHONY: cost-baseline
+cost-baseline: $(STAMP) ## the always-on AWS cost a month from the Terraform defaults (TFVARS=file to override)
+	$(PY) -m cluster.terraform.baseline_cost $(if $(TFVARS),--tfvars $(TFVARS))
 
 .PHONY: clean
 clean: ## remove caches and local run outputs (keeps .venv, data/ and mlflow.db)

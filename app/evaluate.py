@@ -19,6 +19,7 @@ from pydantic import Field
 
 from app import model_registry, tracking
 from app.config import DatasetName, DatasetOptions, Experiment
+from app.dataset_lineage import log_dataset
 from app.datasets import ImageSplits, load_splits
 from app.errors import JobFailedError
 from app.evaluation import EvalReport, log_evaluation, score
@@ -171,6 +172,7 @@ def evaluate(cfg: EvaluateConfig, splits: ImageSplits | None = None) -> dict[str
     report = score(splits.y_test.numpy(), probabilities.argmax(1).numpy(), classes)
     checks = behavioural_checks(predictor, splits, report, cfg)
     run_id = _open_evaluation_run(cfg, ref, dataset, splits.fingerprint, checks)
+    log_dataset(run_id, dataset, splits, context="evaluation")
     buffer = tracking.MetricBuffer(run_id)
     metrics = {"test_accuracy": report.accuracy, "test_macro_f1": report.macro_f1}
     buffer.log({**metrics, **{c.name: c.value for c in checks}}, step=0)

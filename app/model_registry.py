@@ -16,6 +16,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.entities import Run
 
 from app.inference import SPEC_FILE, WEIGHTS_FILE, Predictor, save_model_files
 from app.models import ModelSpec
@@ -223,20 +224,26 @@ def move_alias(
     return previous
 
 
-def lineage(ref: ModelRef) -> dict[str, Any]:
-    """From a model to its training run, its sweep (parent run), data and code."""
-    run = client().get_run(ref.run_id)
+def lineage(ref: ModelRef, run: Run | None = None) -> dict[str, Any]:
+    """From a model to its training run, its sweep (parent run), its data and code, and what
+    the run cost: the chain ``/model``, ``evaluate --results-json`` and ``app.lineage`` give."""
+    run = run or client().get_run(ref.run_id)
     tags = run.data.tags
+    inputs = run.inputs.dataset_inputs if run.inputs else []
     return {
         "model": ref.name,
         "version": ref.version,
         "training_run_id": ref.run_id,
         "experiment_id": run.info.experiment_id,
+        "sweep": tags.get("sweep"),
         "sweep_run_id": tags.get("mlflow.parentRunId"),
         "dataset": tags.get("dataset"),
+        "dataset_digest": inputs[0].dataset.digest if inputs else None,
         "dataset_fingerprint": tags.get("dataset_fingerprint"),
         "git_commit": tags.get("git_commit"),
+        "git_dirty": tags.get("git_dirty"),
         "ray_job_id": tags.get("ray_job_id"),
+        "cost_usd": run.data.metrics.get("cost_usd"),
     }
 
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-
-# Only `git rev-parse HEAD`, with fixed arguments.
-import subprocess  # nosec B404
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -122,22 +119,6 @@ def ensure_experiment(name: str) -> str:
         if found is None:
             raise
         return str(found.experiment_id)
-
-
-def git_commit() -> str | None:
-    """The code's commit, from git or (in a cluster image without .git) the GIT_COMMIT env."""
-    try:
-        # A fixed command with no user input.
-        out = subprocess.run(  # nosec B603 B607
-            ["git", "rev-parse", "HEAD"],  # noqa: S607
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return os.environ.get("GIT_COMMIT")
-    return out.stdout.strip() or None
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

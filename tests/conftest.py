@@ -114,6 +114,10 @@ class RayCluster:
         )
 
 
+LOCAL_RATE_ENV = "RAYVISION_LOCAL_NODE_HOURLY_USD"
+LOCAL_NODE_HOURLY_USD = 0.96  # what the test cluster's machine is priced at
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(
     mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory
@@ -127,6 +131,8 @@ def ray_cluster(
         # `python` in a job's entrypoint is the cluster's: this environment's interpreter.
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "RAY_DEDUP_LOGS": "0",
+        # The price of this machine's hours, which runs' costs are figured at (app.cost).
+        LOCAL_RATE_ENV: str(LOCAL_NODE_HOURLY_USD),
         # Name this cluster for every process in it: Ray Train's placement-group cleaner
         # looks the cluster up and gives up when other Ray instances run on the machine.
         "RAY_ADDRESS": cluster.gcs_address,
@@ -145,6 +151,7 @@ def ray_cluster(
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": cluster.token,
             "MLFLOW_TRACKING_URI": mlflow_server.uri,
+            LOCAL_RATE_ENV: str(LOCAL_NODE_HOURLY_USD),
         }
         yield RayCluster(
             cluster.gcs_address,

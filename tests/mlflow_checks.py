@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
 
+from app.dataset_lineage import digest
 from app.datasets import load_splits
 
 
@@ -37,6 +39,34 @@ def check_training_run(client: MlflowClient, run_id: str, epochs: int, log_every
         "evaluation/hardest_errors.png",
         "evaluation/per_class_metrics.json",
     } <= artifacts
+
+
+def check_cost_and_lineage(
+    client: MlflowClient, run_id: str, workers: int, hourly_usd: float
+) -> None:
+    """The run's cost, priced at the local rate ``hourly_usd`` (the test cluster's nodes belong
+    to no priced group), its dataset input and its system metrics."""
+    run = client.get_run(run_id)
+    tags, metrics = run.data.tags, run.data.metrics
+    held = {k: v for k, v in tags.items() if k.startswith("cost.held.worker")}
+    assert len(held) == workers, held
+    cpus = float(run.data.params["cpus_per_worker"])
+    lifetime_s = (run.info.end_time - run.info.start_time) / 1000
+    # Priced from the run's start to just before it was closed.
+    assert 0 < metrics["cpu_seconds"] / (workers * cpus) <= lifetime_s
+    assert metrics["cpu_seconds"] / (workers * cpus) > lifetime_s - 30
+    assert metrics["gpu_seconds"] == 0
+    assert 0 < metrics["node_seconds"] <= metrics["cpu_seconds"]
+    assert metrics["cost_usd"] == pytest.approx(hourly_usd * metrics["node_seconds"] / 3600)
+    assert tags["cost.nodes"] == "local" and tags["cost.price_table"]
+
+    (entry,) = run.inputs.dataset_inputs
+    assert entry.dataset.name == tags["dataset"]
+    assert entry.dataset.digest == tags["dataset_fingerprint"][: len(entry.dataset.digest)]
+    assert entry.dataset.digest == digest(load_splits(tags["dataset"]))
+    assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == "training"
+    assert "system/cpu_utilization_percentage" in metrics
+    assert "system/system_memory_usage_megabytes" in metrics
 
 
 def check_model_classifies_digits(model_uri: str, min_accuracy: float) -> float:

@@ -58,7 +58,11 @@ class LastModel:
                 for k, v in served.predictor.model.state_dict().items()
             }
             save_model_files(state, served.predictor.spec, staging)
-            meta = {"source": asdict(served.source), "metrics": served.metrics}
+            meta = {
+                "source": asdict(served.source),
+                "metrics": served.metrics,
+                "lineage": served.lineage,
+            }
             (staging / SERVED_FILE).write_text(json.dumps(meta))
             # Swap the folders: a reader sees the old model or the new one, never half of one.
             retired = folder.with_name(f"{folder.name}.{os.getpid()}.old")
@@ -81,6 +85,7 @@ class LastModel:
             Predictor.from_folder(folder, device),
             {k: float(v) for k, v in meta["metrics"].items()},
             datetime.now(UTC).isoformat(timespec="seconds"),
+            meta.get("lineage") or {},  # a model kept before lineage was kept has none
         )
         served.validate()
         return served

@@ -43,15 +43,31 @@ class BatchPrediction(BaseModel):
 Status = Literal["ready", "degraded", "waiting"]
 
 
+class Lineage(BaseModel):
+    """What the model was made from: its training run, the sweep that chose it, the data's
+    digest, the code's commit, and what the run cost (None where the run did not record it)."""
+
+    training_run_id: str | None
+    sweep: str | None
+    sweep_run_id: str | None
+    dataset: str | None
+    dataset_digest: str | None
+    git_commit: str | None
+    git_dirty: str | None
+    ray_job_id: str | None
+    cost_usd: float | None
+
+
 class ModelInfo(ModelIdentity):
-    """What a client needs to call the model. Where it is stored, its run, metrics and errors
-    are the operators': in the replica's log and metrics."""
+    """What a client needs to call the model, and its lineage. Where it is stored, its metrics
+    and errors are the operators': in the replica's log and metrics."""
 
     status: Status
     dataset: str
     classes: list[str]
     input_shape: list[int]
     loaded_at: str
+    lineage: Lineage
 
 
 class Health(BaseModel):

@@ -4,7 +4,7 @@ about it: to clients (``describe``) and to the replica's log (``internals``)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,11 +16,16 @@ from app.inference import Predictor
 from app.model_registry import ModelRef
 from app.models import ModelSpec
 from app.preprocessing import SUPPORTED_CHANNELS
+from app.serving.schemas import Lineage
 
 # (channels, height, width) of the images a model takes.
 Shape = tuple[int, int, int]
 # The largest input side a served model may declare: every request's image is resized to it.
 MAX_IMAGE_SIZE = 1024
+
+
+# What /model tells of a model's making (ids, digests, the commit; no storage location).
+LINEAGE_FIELDS = tuple(Lineage.model_fields)
 
 
 class UnservableModelError(RuntimeError):
@@ -51,14 +56,22 @@ class ServedModel:
     predictor: Predictor
     metrics: dict[str, float]
     loaded_at: str
+    # run -> sweep -> dataset digest -> commit, and the run's cost (model_registry.lineage)
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, source: ModelRef, device: torch.device) -> ServedModel:
         """Download, rebuild and validate (blocking): a model that cannot serve is never
         swapped in."""
         predictor = model_registry.load_predictor(source.pinned_uri, str(device))
-        metrics = dict(tracking.client().get_run(source.run_id).data.metrics)
-        served = cls(source, predictor, metrics, datetime.now(UTC).isoformat(timespec="seconds"))
+        run = tracking.client().get_run(source.run_id)
+        served = cls(
+            source,
+            predictor,
+            dict(run.data.metrics),
+            datetime.now(UTC).isoformat(timespec="seconds"),
+            model_registry.lineage(source, run),
+        )
         served.validate()
         return served
 
@@ -125,7 +138,7 @@ class ServedModel:
 
     def describe(self) -> dict[str, Any]:
         """What a client needs: which model answers, the images it takes, the classes it
-        ranks, and when it was loaded."""
+        ranks, when it was loaded, and what it was made from."""
         spec = self.predictor.spec
         return {
             **self.ref,
@@ -133,6 +146,7 @@ class ServedModel:
             "classes": list(spec.classes),
             "input_shape": list(self.input_shape),
             "loaded_at": self.loaded_at,
+            "lineage": {k: self.lineage.get(k) for k in LINEAGE_FIELDS},
         }
 
     def internals(self) -> dict[str, Any]:

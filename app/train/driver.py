@@ -21,6 +21,11 @@ from mlflow.entities import Run
 from torch import nn
 
 from app import model_registry, tracking
+from app.code_version import code_version
+from app.cost.prices import price_table
+from app.cost.record import record_run_cost
+from app.cost.usage import held_here, held_tag
+from app.dataset_lineage import log_dataset
 from app.datasets import ImageSplits, load_splits
 from app.evaluation import PER_CLASS_TABLE, evaluate_model, log_evaluation
 from app.models import ModelSpec, cpu_state_dict
@@ -28,6 +33,7 @@ from app.ray_runtime import ensure_ray, ray_job_id
 from app.train.config import TrainConfig
 from app.train.context import RayWorkerContext
 from app.train.loop import train_worker
+from app.train.system_metrics import node_system_metrics
 
 RAY_RUN_NAME_TAG = "ray_run_name"
 EVALUATION_DIR = "evaluation"  # where a training run keeps its test-split figures and table
@@ -45,6 +51,7 @@ class TrainOutcome:
     wall_seconds: float
     registered_version: str | None = None
     per_class: list[dict[str, Any]] = field(default_factory=list)
+    cost: dict[str, Any] = field(default_factory=dict)  # app.cost.usage.RunCost's figures
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,16 +65,23 @@ def _worker_entry(loop_config: dict[str, Any]) -> None:
     splits: ImageSplits = ray.get(loop_config["data"])
     ctx = RayWorkerContext()
     run_id = loop_config["run_id"]
-    if ctx.rank == 0:
-        # A restarted worker group repeats the epoch its predecessor may have logged but not
-        # checkpointed: what the run holds already is not logged again.
-        sink = tracking.MetricBuffer(
-            run_id, sent_through_step=tracking.last_logged_step(run_id, "epoch")
-        )
-        final = functools.partial(evaluate_and_log_model, cfg, splits, run_id, sink)
-        train_worker(cfg, splits, ctx, sink, final_step=final)
-    else:
-        train_worker(cfg, splits, ctx)
+    # Which node this worker holds its share of, for the run's cost (app.cost.usage).
+    held = held_here(cfg.cpus_per_worker, 1 if cfg.use_gpu else 0)
+    tracking.retrying(
+        lambda: tracking.set_tags(run_id, held_tag(f"worker{ctx.rank}", held)),
+        "recording the worker's node",
+    )
+    with node_system_metrics(run_id):
+        if ctx.rank == 0:
+            # A restarted worker group repeats the epoch its predecessor may have logged but
+            # not checkpointed: what the run holds already is not logged again.
+            sink = tracking.MetricBuffer(
+                run_id, sent_through_step=tracking.last_logged_step(run_id, "epoch")
+            )
+            final = functools.partial(evaluate_and_log_model, cfg, splits, run_id, sink)
+            train_worker(cfg, splits, ctx, sink, final_step=final)
+        else:
+            train_worker(cfg, splits, ctx)
 
 
 def evaluate_and_log_model(
@@ -146,14 +160,16 @@ def _open_run(
         "dataset": cfg.dataset,
         "model": cfg.model,
         "dataset_fingerprint": splits.fingerprint,
-        "git_commit": tracking.git_commit() or "",
+        **code_version().tags(),
         "ray_job_id": ray_job_id() or "",
         RAY_RUN_NAME_TAG: run_name,
         **(extra_tags or {}),
     }
-    return tracking.start_run(
+    run_id = tracking.start_run(
         cfg.experiment, run_name, cfg.model_dump(mode="json"), tags, parent_run_id
     )
+    log_dataset(run_id, cfg.dataset, splits)
+    return run_id
 
 
 def _trainer(
@@ -231,6 +247,7 @@ def _fit(
     splits = splits or load_splits(
         cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed
     )
+    price_table()  # a malformed price table or local rate fails here, before any work
     ensure_ray()
     run_id = _open_run(cfg, splits, run_name, earlier, parent_run_id, extra_tags)
     print(f"MLflow run {run_id} at {tracking.tracking_uri()}", flush=True)
@@ -241,10 +258,15 @@ def _fit(
         outcome = _outcome(cfg, run_id, result.metrics)
     except BaseException:
         if close_run_on_error:
+            record_run_cost(run_id)
             tracking.client().set_terminated(run_id, status="FAILED")
         raise
     outcome.wall_seconds = time.perf_counter() - started
     tracking.client().log_metric(run_id, "wall_seconds", outcome.wall_seconds)
+    cost = record_run_cost(run_id)
+    if cost is not None:
+        outcome.cost = {**cost.metrics(), **cost.tags()}
+        print(f"cost {cost.describe()}", flush=True)
     tracking.client().set_terminated(run_id, status="FINISHED")
     return outcome
 

@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 from app import model_registry, tracking
+from app.cost.record import sweep_cost
 from app.tune.config import TuneConfig
 from app.tune.space import SearchSpace
 
@@ -35,6 +36,8 @@ def summarise(
     sign = 1 if cfg.mode == "max" else -1
     best = max(finished, key=lambda r: sign * r.data.metrics[cfg.metric], default=None)
     print_trial_table(runs, space, cfg.metric, best.info.run_id if best else None)
+    cost = sweep_cost(runs, best.info.run_id if best else None)
+    _log_sweep_cost(parent_run_id, cost)
     summary: dict[str, Any] = {
         "sweep": sweep,
         "parent_run_id": parent_run_id,
@@ -45,6 +48,7 @@ def summarise(
         "best_val_accuracy": None,
         "test_accuracy": None,
         "registered_version": None,
+        "cost": cost,
     }
     if best is None:
         print("no trial finished: nothing to register", flush=True)
@@ -75,6 +79,20 @@ def summarise(
             best.info.run_id, cfg.register_as, tags, cfg.alias
         )
     return summary
+
+
+def _log_sweep_cost(parent_run_id: str, cost: dict[str, float]) -> None:
+    buffer = tracking.MetricBuffer(parent_run_id)
+    buffer.log(cost, step=0, repeat=True)
+    buffer.drain()
+    print(
+        f"sweep cost ${cost['sweep_cost_usd']:.4f} "
+        f"({cost['sweep_node_seconds'] / 3600:.3f} node-h); best trial "
+        f"${cost['best_trial_cost_usd']:.4f}; early stopping saved about "
+        f"${cost['asha_saved_usd']:.4f}"
+        + (f"; {cost['unpriced_trials']:.0f} trial(s) unpriced" if cost["unpriced_trials"] else ""),
+        flush=True,
+    )
 
 
 def print_trial_table(runs: list[Any], space: SearchSpace, metric: str, best: str | None) -> None:

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from app import tracking
+from app.code_version import code_version
 from app.config import ConfigError
+from app.dataset_lineage import log_dataset
 from app.datasets import ImageSplits, load_splits
 from app.ray_runtime import ensure_ray, host_train_coordinator_here, release_own_placement_groups
 from app.train.config import TrainConfig
@@ -50,6 +52,7 @@ def _trial_function(
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from app.cost.usage import held_here, held_tag
     from app.train.driver import fit
     from app.tune.rungs import replay_recorded_epochs
 
@@ -61,7 +64,11 @@ def _trial_function(
         splits,
         parent_run_id=parent_run_id,
         callbacks=[TuneReportCallback()],
-        extra_tags={SWEEP_TAG: sweep, TRIAL_TAG: trial_id},
+        extra_tags={
+            SWEEP_TAG: sweep,
+            TRIAL_TAG: trial_id,
+            **held_tag("trial", held_here(TRIAL_DRIVER_CPU, 0)),
+        },
         close_run_on_error=False,
     )
 
@@ -71,6 +78,7 @@ def _mlflow_closer(experiment: str, parent_run_id: str) -> Any:
     Tune stopped early never reaches the end of ``fit``, so its run is closed here."""
     from ray.tune import Callback
 
+    from app.cost.record import record_run_cost
     from app.tune.rungs import TIME_ATTR
 
     class MlflowTrialCloser(Callback):
@@ -82,12 +90,16 @@ def _mlflow_closer(experiment: str, parent_run_id: str) -> Any:
                 f"tags.mlflow.parentRunId = '{parent_run_id}'",
             )
             for run in runs:
-                if run.info.status != "RUNNING":
-                    continue  # the trial's own fit() closed it
                 # Logged its test metrics: it trained every epoch and was stopped only at its
                 # final report. Otherwise the scheduler stopped it early (or it failed).
                 completed = "test_accuracy" in run.data.metrics
                 status = "FAILED" if error else "FINISHED" if completed else "KILLED"
+                if "cost_usd" not in run.data.metrics:
+                    # Its fit() never got to price it: the scheduler stopped the trial, early or
+                    # at its final report (by which time logging the model has closed the run).
+                    record_run_cost(run.info.run_id, stopped_early=status == "KILLED")
+                if run.info.status != "RUNNING":
+                    continue  # closed by the trial's own fit(), or when its model was logged
                 tags = {"trial_status": status, "early_stopped": str(status == "KILLED")}
                 if status == "KILLED" and TIME_ATTR in trial.last_result:
                     # Where the scheduler stopped it: its workers may log one more epoch.
@@ -192,7 +204,7 @@ def _open_parent_run(
         SWEEP_TAG: sweep,
         "sweep_parent": "true",
         "dataset": cfg.dataset,
-        "git_commit": tracking.git_commit() or "",
+        **code_version().tags(),
     }
     return tracking.start_run(cfg.experiment, sweep, params, tags)
 
@@ -330,6 +342,7 @@ def _run_sweep(cfg: TuneConfig) -> dict[str, Any]:
     base = {**cfg.trial_base(), "cpus_per_worker": plan.cpus_per_worker}
     base["storage_path"] = storage_uri
     parent_run_id = _open_parent_run(cfg, sweep, space, plan, base, resume)
+    log_dataset(parent_run_id, cfg.dataset, splits)
     print(
         f"sweep {sweep}: {cfg.num_samples} trials, {plan.max_concurrent} at once, "
         f"{cfg.num_workers} workers x {plan.cpus_per_worker} CPU each; "

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import MlflowServer, RayCluster
+from tests.conftest import REPO, MlflowServer, RayCluster
 from tests.mlflow_checks import check_model_classifies_digits, check_training_run
 from tests.support import wait_for
 
@@ -56,7 +57,15 @@ def test_submitted_training_job_lands_in_mlflow(
     results = json.loads(results_path.read_text())
     client = MlflowClient(mlflow_server.uri)
     check_training_run(client, results["run_id"], epochs=3, log_every=10)
-    assert client.get_run(results["run_id"]).data.tags["ray_job_id"]
+    tags = client.get_run(results["run_id"]).data.tags
+    assert tags["ray_job_id"]
+    # The commit travelled in the uploaded working dir (runtime_env.yaml ships .git's metadata,
+    # no objects): this checkout's HEAD, read in the job without a git repository.
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert tags["git_commit"] == tags["mlflow.source.git.commit"] == head
+    assert tags["git_source"] == "git-metadata" and tags["git_dirty"] in {"true", "false"}
     mlflow.set_tracking_uri(mlflow_server.uri)
     check_model_classifies_digits(results["model_uri"], 0.85)
 

@@ -76,6 +76,11 @@ def test_sweep_one_child_run_per_trial_best_tagged_and_registered(
         epochs = len(client.get_metric_history(run.info.run_id, "val_accuracy"))
         if run.info.status == "KILLED":
             assert epochs < EPOCHS and run.data.tags["early_stopped"] == "True"
+            # What ASHA saved: the unrun epochs at the trial's own cost per epoch.
+            done = float(run.data.tags["cost.epochs_run"])
+            cost = run.data.metrics["cost_usd"]
+            saved = run.data.metrics["cost_saved_usd"]
+            assert saved == pytest.approx(cost / done * (EPOCHS - done)) and saved > 0
         else:
             assert epochs == EPOCHS and "test_accuracy" in run.data.metrics
     assert results["trials_by_status"] == {
@@ -94,3 +99,9 @@ def test_sweep_one_child_run_per_trial_best_tagged_and_registered(
     assert version.run_id == best[0].info.run_id
     assert results["registered_version"] == version.version
     assert results["test_accuracy"] == best[0].data.metrics["test_accuracy"]
+    assert parent.data.metrics["sweep_cost_usd"] == pytest.approx(
+        sum(r.data.metrics["cost_usd"] for r in runs)
+    )
+    assert parent.data.metrics["asha_saved_usd"] == pytest.approx(
+        sum(r.data.metrics["cost_saved_usd"] for r in killed)
+    )

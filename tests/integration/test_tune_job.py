@@ -48,6 +48,15 @@ def test_grid_sweep_in_process(
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
     )
     assert sorted(r.data.params["batch_size"] for r in children) == ["128", "64"]
+    # The sweep's cost is its trials' (each priced with its trial function's share too).
+    assert all("cost.held.trial" in r.data.tags for r in children)
+    trial_costs = [r.data.metrics["cost_usd"] for r in children]
+    assert all(cost > 0 for cost in trial_costs)
+    assert parent.data.metrics["sweep_cost_usd"] == pytest.approx(sum(trial_costs))
+    assert results["cost"]["sweep_cost_usd"] == pytest.approx(sum(trial_costs))
+    best_cost = next(r for r in children if r.info.run_id == results["best_run_id"])
+    assert results["cost"]["best_trial_cost_usd"] == best_cost.data.metrics["cost_usd"]
+    assert parent.data.metrics["asha_saved_usd"] == 0  # no scheduler: nothing stopped early
     assert results["best_config"]["batch_size"] in ("64", "128")
     version = client.get_model_version_by_alias("it-tuned", "candidate")
     assert version.run_id == results["best_run_id"] == parent.data.tags["best_run_id"]

@@ -4,6 +4,7 @@ loaded for the same settings, degraded, and is ready again once the registry con
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -40,11 +41,15 @@ def test_a_replica_starting_without_the_registry_serves_the_last_model_degraded(
     digits = torch.as_tensor(load_splits("digits").x_test[:4].numpy())
     requests = [(image.numpy(), 3) for image in digits]
 
+    lineage: dict[str, Any] = {}
+
     async def while_up(holder: ModelHolder) -> list[dict]:
         await holder.configure(settings())
+        lineage.update(holder.describe()["lineage"])
         return await holder.predict(requests)
 
     answered = with_holder(while_up, last_model=kept)
+    assert lineage["training_run_id"]
     assert any(kept.root.iterdir()), "nothing kept on disk"
     statuses = Statuses()
 
@@ -52,6 +57,7 @@ def test_a_replica_starting_without_the_registry_serves_the_last_model_degraded(
         registry_down(monkeypatch)
         await holder.configure(settings())
         assert holder.describe()["status"] == "degraded"
+        assert holder.describe()["lineage"] == lineage  # kept with the model
         assert holder.health()["model"] == answered[0]["model"]  # the same version, validated
         assert await holder.predict(requests) == answered
         served = holder.model()

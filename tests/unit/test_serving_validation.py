@@ -32,9 +32,24 @@ RUN_ID = "0123456789abcdef0123456789abcdef"
 SOURCE = ModelRef("models:/digits@champion", RUN_ID, "digits", "4", "champion")
 
 
+# What model_registry.lineage found for the run, with a field /model does not show.
+LINEAGE = {
+    "training_run_id": RUN_ID,
+    "sweep": "tune-digits",
+    "dataset": "digits",
+    "dataset_digest": "ab" * 18,
+    "git_commit": "c0ffee",
+    "git_dirty": "false",
+    "cost_usd": 0.25,
+    "experiment_id": "7",
+}
+
+
 def served(model: nn.Module, spec: ModelSpec = DIGITS) -> ServedModel:
     predictor = Predictor(model.eval(), spec, torch.device("cpu"))
-    return ServedModel(SOURCE, predictor, {"test_accuracy": 0.97}, "2026-01-01T00:00:00+00:00")
+    return ServedModel(
+        SOURCE, predictor, {"test_accuracy": 0.97}, "2026-01-01T00:00:00+00:00", LINEAGE
+    )
 
 
 @pytest.mark.parametrize(
@@ -98,13 +113,25 @@ def test_clients_get_what_they_need_and_the_log_gets_the_rest() -> None:
         "classes": [str(d) for d in range(10)],
         "input_shape": [1, 8, 8],
         "loaded_at": "2026-01-01T00:00:00+00:00",
+        "lineage": {
+            "training_run_id": RUN_ID,
+            "sweep": "tune-digits",
+            "sweep_run_id": None,
+            "dataset": "digits",
+            "dataset_digest": "ab" * 18,
+            "git_commit": "c0ffee",
+            "git_dirty": "false",
+            "ray_job_id": None,
+            "cost_usd": 0.25,
+        },
     }
     assert set(ModelInfo.model_fields) == {*public, "status"}
     internals = model.internals()
     assert (internals["run_id"], internals["model_uri"]) == (RUN_ID, "models:/digits/4")
     assert internals["metrics"] == {"test_accuracy": 0.97}
+    # The lineage's ids and digests are the clients'; where it is stored and how it scored not.
     text = json.dumps(public)
-    assert RUN_ID not in text and "models:/" not in text and "resnet18" not in text
+    assert "models:/" not in text and "resnet18" not in text and "0.97" not in text
 
 
 def test_an_unavailable_deployment_is_503_without_its_name() -> None:

@@ -61,9 +61,16 @@ run helm upgrade --install kuberay-operator kuberay/kuberay-operator \
 
 log "the Ray image"
 commit="$(capture commit git -C "${REPO_ROOT}" rev-parse --short HEAD)"
+# Runs in the image record the full commit and whether tracked files differed from it
+# (app/code_version.py): the image has no .git to read them from.
+full_commit="$(capture full-commit git -C "${REPO_ROOT}" rev-parse HEAD)"
+changes="$(capture changes git -C "${REPO_ROOT}" status --porcelain --untracked-files=no)"
+dirty=false
+[[ -z "${changes}" ]] || dirty=true
 ray_repo="$(tf_output ray_image_repository)"
 ray_image="${ray_repo}:2.60.0-${commit}"
-build_and_push "${ray_image}" cluster/docker/Dockerfile --build-arg "GIT_COMMIT=${commit}"
+build_and_push "${ray_image}" cluster/docker/Dockerfile \
+  --build-arg "GIT_COMMIT=${full_commit}" --build-arg "GIT_DIRTY=${dirty}"
 # Pods run the pushed image by digest: exactly what was built, whatever the tag names later.
 RAYVISION_IMAGE="${ray_repo}@$(image_digest "${ray_image}")"
 export RAYVISION_IMAGE
