@@ -132,6 +132,11 @@ promote: $(STAMP) ## move @champion to @challenger if it is at least as good
 	$(PY) jobs/promote.py --model-name $(MODEL_NAME) --from challenger --to champion \
 		--results-json results/promote.json
 
+.PHONY: predict
+predict: $(STAMP) ## score INPUT (folder, s3:// prefix, list file) with models:/$(MODEL_NAME)@champion into OUTPUT
+	$(PY) jobs/predict.py --model-uri $(or $(MODEL_URI),models:/$(MODEL_NAME)@champion) \
+		--input $(INPUT) --output $(OUTPUT) --results-json results/predict.json
+
 .PHONY: cost-report
 cost-report: $(STAMP) ## what runs cost by experiment, model, month: make cost-report [EXPERIMENT=...] [SINCE=YYYY-MM]
 	$(PY) -m app.cost.report $(foreach name,$(EXPERIMENT),--experiment '$(name)') \

@@ -34,11 +34,13 @@ from pydantic import (
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     ValidationError,
+    field_validator,
+    model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
-from app.datasets import dataset_names
+from app.datasets import IMAGE_FOLDER, ImageFolderSource, dataset_names
 from app.models import architecture_names
 
 ENV_PREFIX = "RAYVISION_"
@@ -76,11 +78,11 @@ class RegistryName:
 
 
 class DatasetChoice(RegistryName):
-    """The name of a registered dataset (``app/datasets/catalog/``)."""
+    """The name of a registered dataset (``app/datasets/catalog/``), or ``image-folder``."""
 
     @classmethod
     def choices(cls) -> tuple[str, ...]:
-        return dataset_names()
+        return (*dataset_names(), IMAGE_FOLDER)
 
 
 class ModelChoice(RegistryName):
@@ -120,6 +122,63 @@ class DatasetOptions(JobConfig):
 
     data_dir: Path = Field(Path("data"), description="where dataset files are read / downloaded")
     download: bool = Field(True, description="download a missing dataset when online")
+    # --dataset image-folder: the user's own images (app/datasets/image_folder.py).
+    image_folder: str | None = Field(
+        None,
+        min_length=1,
+        description="with --dataset image-folder: a folder of class subfolders, a local path "
+        "or s3://bucket/prefix",
+    )
+    image_size: int | None = Field(
+        None, ge=4, le=512, description="image-folder: side the images are resized to (32)"
+    )
+    channels: int | None = Field(None, description="image-folder: 1 (grey) or 3 (RGB) (3)")
+    test_fraction: float = Field(
+        0.2, gt=0, lt=0.9, description="image-folder: stratified share held out for test"
+    )
+
+    @field_validator("channels")
+    @classmethod
+    def _grey_or_rgb(cls, channels: int | None) -> int | None:
+        if channels not in (None, 1, 3):
+            raise ValueError("Input should be 1 (grey) or 3 (RGB)")
+        return channels
+
+    @model_validator(mode="after")
+    def _image_folder_options(self) -> DatasetOptions:
+        # Jobs whose --dataset may be unset (evaluate: taken from the model) check at load.
+        dataset = getattr(self, "dataset", None)
+        if dataset == IMAGE_FOLDER and self.image_folder is None:
+            raise ValueError(
+                "--dataset image-folder needs --image-folder PATH or s3://bucket/prefix"
+            )
+        if dataset not in (None, IMAGE_FOLDER):
+            given = [n for n in ("channels", "image_folder", "image_size") if getattr(self, n)]
+            if given:
+                flags = ", ".join(flag_name(name) for name in given)
+                raise ValueError(f"{flags}: only with --dataset image-folder (got {dataset!r})")
+        if self.image_folder is not None:
+            uri = self.image_folder
+            scheme = uri.split("://", 1)[0] if "://" in uri else ""
+            if scheme not in ("", "file", "s3"):
+                raise ValueError(f"--image-folder: a local path or s3://bucket/prefix, not {uri!r}")
+            if scheme == "s3" and not uri.removeprefix("s3://").split("/", 1)[0]:
+                raise ValueError(f"--image-folder: {uri!r} names no bucket (s3://bucket/prefix)")
+        return self
+
+    def image_folder_source(
+        self, image_size: int | None = None, channels: int | None = None
+    ) -> ImageFolderSource | None:
+        """The image folder to load, or None; unset size and channels fall back to the given
+        ones (a model's, when evaluating it), then to 32 and 3."""
+        if self.image_folder is None:
+            return None
+        return ImageFolderSource(
+            self.image_folder,
+            self.image_size or image_size or 32,
+            self.channels or channels or 3,
+            self.test_fraction,
+        )
 
 
 ConfigT = TypeVar("ConfigT", bound=JobConfig)

@@ -8,6 +8,7 @@ import json
 
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.entities import Dataset, DatasetInput, InputTag
 
@@ -22,7 +23,9 @@ def digest(splits: ImageSplits) -> str:
     return splits.fingerprint[:DIGEST_CHARS]
 
 
-def _source(dataset: str) -> DatasetSource:
+def _source(dataset: str, splits: ImageSplits | None = None) -> DatasetSource:
+    if splits is not None and splits.source_uri is not None:  # image-folder: the folder's URI
+        return resolve_dataset_source(splits.source_uri)  # its type: local or s3
     found = get_dataset(dataset)
     if found.source is not None:
         url = found.source.files[0].url
@@ -31,7 +34,7 @@ def _source(dataset: str) -> DatasetSource:
 
 
 def dataset_input(dataset: str, splits: ImageSplits, context: str) -> DatasetInput:
-    source = _source(dataset)
+    source = _source(dataset, splits)
     profile = {
         "train": len(splits.y_train),
         "val": len(splits.y_val),

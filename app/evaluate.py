@@ -167,7 +167,9 @@ def evaluate(cfg: EvaluateConfig, splits: ImageSplits | None = None) -> dict[str
     dataset = cfg.dataset or predictor.spec.dataset
     if dataset != predictor.spec.dataset:
         raise ValueError(f"{cfg.model_uri} was trained on {predictor.spec.dataset}, not {dataset}")
-    splits = splits or load_splits(dataset, cfg.data_dir, cfg.download)
+    folder = cfg.image_folder_source(predictor.spec.image_size, predictor.spec.in_channels)
+    splits = splits or load_splits(dataset, cfg.data_dir, cfg.download, folder=folder)
+    spec = predictor.spec
     probabilities = predictor.predict_proba(splits.x_test)
     report = score(splits.y_test.numpy(), probabilities.argmax(1).numpy(), classes)
     checks = behavioural_checks(predictor, splits, report, cfg)
@@ -192,6 +194,7 @@ def evaluate(cfg: EvaluateConfig, splits: ImageSplits | None = None) -> dict[str
         "model_name": ref.name,
         "model_version": ref.version,
         "dataset": dataset,
+        "input_shape": [spec.in_channels, spec.image_size, spec.image_size],
         "evaluation_run_id": run_id,
         **report.summary(),
         "checks": [{**asdict(c), "passed": c.passed} for c in checks],

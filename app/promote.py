@@ -14,6 +14,8 @@ from app.datasets import ImageSplits, load_splits
 from app.errors import JobFailedError
 from app.evaluate import EVAL_EXPERIMENT, EvaluateConfig, evaluate
 
+IMAGE_FOLDER_FIELDS = {"image_folder", "image_size", "channels", "test_fraction"}
+
 
 class PromoteConfig(DatasetOptions):
     model_name: str = Field(pattern=MODEL_NAME_PATTERN, description="registered model")
@@ -67,12 +69,15 @@ def promote(cfg: PromoteConfig) -> dict[str, Any]:
                 data_dir=cfg.data_dir,
                 download=cfg.download,
                 experiment=cfg.experiment,
+                **cfg.model_dump(include=IMAGE_FOLDER_FIELDS, exclude_unset=True),
             ),
             splits,
         )
 
     challenger = evaluate_version(challenger_version, None)
-    splits = load_splits(challenger["dataset"], cfg.data_dir, cfg.download)
+    channels, size, _ = challenger["input_shape"]  # an image folder loads at the model's shape
+    folder = cfg.image_folder_source(size, channels)
+    splits = load_splits(challenger["dataset"], cfg.data_dir, cfg.download, folder=folder)
     champion = evaluate_version(champion_version, splits) if champion_version else None
     bar = (champion["accuracy"] if champion else 0.0) + cfg.min_improvement
     results = {

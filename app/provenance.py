@@ -61,7 +61,7 @@ def _source_text(source: dict[str, Any] | None) -> str:
     """An HTTP source's URL, or a packaged dataset's summary."""
     if not source:
         return ""
-    text = source.get("url") or source.get("tags", {}).get("summary")
+    text = source.get("url") or source.get("uri") or source.get("tags", {}).get("summary")
     return f" ({text})" if text else ""
 
 

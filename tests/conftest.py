@@ -19,7 +19,7 @@ import pytest
 
 from serve.throughput import HIGH_THROUGHPUT_ENV, front_haproxy_env, private_haproxy_env
 from tests.cluster.local_ray import LocalRayCluster
-from tests.support import JobsApi, free_port, http_ok, stop_process_group, wait_for
+from tests.support import JobsApi, free_port, http_ok, moto_s3, stop_process_group, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -184,3 +184,18 @@ def ray_client_env(
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An S3-compatible endpoint (moto), and the settings an AWS client reads to reach it."""
+    with moto_s3() as url:
+        for name, value in {
+            "AWS_ENDPOINT_URL_S3": url,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        yield url

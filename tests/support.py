@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
@@ -82,3 +83,17 @@ class JobsApi:
 
         info: dict[str, Any] = wait_for(finished, timeout, f"job {submission_id}", interval=1)
         return info
+
+
+@contextlib.contextmanager
+def moto_s3() -> Iterator[str]:
+    """A real S3 HTTP endpoint (moto's threaded server) on a free port: its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

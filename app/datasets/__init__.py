@@ -11,11 +11,14 @@ whatever device trains.
   unpickler, IDX).
 - ``fetch``: the one helper that finds a dataset's files under ``--data-dir`` or downloads them
   (checksums verified), and otherwise says how to get them.
+- ``image_folder``: ``--dataset image-folder``, a user's own images in class subfolders (local
+  or ``s3://``), decoded by ``app.preprocessing``; ``digits_files`` writes the digits that way.
 - ``splits``: train / val / test splits and the data fingerprint; ``transforms``: normalize,
   augment.
 """
 
 from app.datasets.fetch import Download, RemoteFile
+from app.datasets.image_folder import IMAGE_FOLDER, ImageFolderError, ImageFolderSource
 from app.datasets.info import DatasetInfo, DatasetUnavailableError, RawArrays
 from app.datasets.registry import (
     Dataset,
@@ -29,10 +32,13 @@ from app.datasets.splits import ImageSplits, fingerprint, load_splits
 from app.datasets.transforms import augment, normalize
 
 __all__ = [
+    "IMAGE_FOLDER",
     "Dataset",
     "DatasetInfo",
     "DatasetUnavailableError",
     "Download",
+    "ImageFolderError",
+    "ImageFolderSource",
     "ImageSplits",
     "RawArrays",
     "RemoteFile",

@@ -144,6 +144,18 @@ def _find_resumable_run(cfg: TrainConfig) -> Run | None:
     return runs[0] if runs else None
 
 
+SKIPPED_FILES_ARTIFACT = "skipped_files.txt"
+SKIPPED_FILES_LOGGED = 10_000  # a longer list is only counted
+
+
+def log_skipped_files(run_id: str, skipped: Sequence[str]) -> None:
+    """image-folder: the count of files not loaded as a metric, their list as an artifact."""
+    tracking.client().log_metric(run_id, "dataset_skipped_files", len(skipped))
+    if skipped and len(skipped) <= SKIPPED_FILES_LOGGED:
+        text = "\n".join(skipped) + "\n"
+        tracking.client().log_text(run_id, text, SKIPPED_FILES_ARTIFACT)
+
+
 def _open_run(
     cfg: TrainConfig,
     splits: ImageSplits,
@@ -169,6 +181,8 @@ def _open_run(
         cfg.experiment, run_name, cfg.model_dump(mode="json"), tags, parent_run_id
     )
     log_dataset(run_id, cfg.dataset, splits)
+    if splits.source_uri is not None:  # image-folder: what was not loaded, and why
+        log_skipped_files(run_id, splits.skipped)
     return run_id
 
 
@@ -244,8 +258,9 @@ def _fit(
         print(f"ray run {run_name} already finished as MLflow run {earlier.info.run_id}")
         return _outcome(cfg, earlier.info.run_id, earlier.data.metrics)
     # Before any run is created or Ray started: a missing dataset fails at once.
+    folder = cfg.image_folder_source()  # --dataset image-folder
     splits = splits or load_splits(
-        cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed
+        cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed, folder
     )
     price_table()  # a malformed price table or local rate fails here, before any work
     ensure_ray()

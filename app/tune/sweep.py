@@ -334,7 +334,10 @@ def _run_sweep(cfg: TuneConfig) -> dict[str, Any]:
         raise ConfigError(f"--resume: no sweep to resume at {storage_uri}/{sweep}")
     resume = cfg.resume or restorable
     tracking.configure()
-    splits = load_splits(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed)
+    folder = cfg.image_folder_source()  # --dataset image-folder
+    splits = load_splits(
+        cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed, folder
+    )
     ensure_ray()
     host_train_coordinator_here()
     capacity = cluster_capacity(node_types)

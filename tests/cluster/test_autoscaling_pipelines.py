@@ -34,7 +34,6 @@ import boto3
 import pytest
 import yaml
 from mlflow import MlflowClient
-from moto.server import ThreadedMotoServer
 from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
     _AutoscalingCoordinatorActor,
 )
@@ -56,7 +55,7 @@ from tests.cluster.iam import (
 )
 from tests.cluster.local_ray import RAY, LocalRayCluster
 from tests.conftest import MlflowServer
-from tests.support import JobsApi, free_port, wait_for
+from tests.support import JobsApi, moto_s3, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
@@ -96,13 +95,8 @@ class SimulatedCluster:
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_s3() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

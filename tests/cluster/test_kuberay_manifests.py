@@ -397,7 +397,12 @@ def test_entrypoints_call_the_jobs_with_their_contract_flags() -> None:
 
 def test_schedules_run_the_pipelines_jobs() -> None:
     pipelines = load_yaml(KUBERAY / "pipelines.yaml")
-    assert set(pipelines["schedules"]) == {"daily-train", "weekly-tune", "daily-evaluate-promote"}
+    assert set(pipelines["schedules"]) == {
+        "daily-train",
+        "weekly-tune",
+        "daily-evaluate-promote",
+        "nightly-predict",
+    }
     for name, schedule in pipelines["schedules"].items():
         (cron,) = _docs(f"raycronjob-{name}.yaml")
         assert cron["spec"]["schedule"] == schedule["schedule"]
