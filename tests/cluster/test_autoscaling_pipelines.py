@@ -300,9 +300,13 @@ def test_pipelines_run_on_a_cluster_at_rest_and_leave_it_at_rest(
     sweep = parents[0].info.run_name
     assert cluster.keys(f"{STORAGE_PREFIX}/tune/{sweep}/tuner.pkl"), "sweep state not on S3"
 
-    # The nightly training: it registers the challenger that evaluate-promote promotes.
+    # The nightly training: it registers the challenger that evaluate-promote promotes, so it
+    # must clear the behavioural checks with a margin: 3 epochs at the default rate left one
+    # class at recall 0.6 on this machine's CPU (0.8 is the bar), 5 at 0.02 reach about 0.91.
     train = _for_simulation(
-        _rayjob("train")["entrypoint"], {**SIMULATION, "--epochs": "3", "--num-workers": "2"}
+        _rayjob("train")["entrypoint"],
+        {**SIMULATION, "--epochs": "5", "--num-workers": "2"},
+        add={"--lr": "0.02"},
     )
     seen = _finish(cluster, _submit(cluster, "train", train), 900)
     assert max(seen) >= 1, f"no worker node was started for training: {seen}"
