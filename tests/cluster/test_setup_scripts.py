@@ -61,11 +61,11 @@ EXPECTED = {
     "04-users.sh": [
         "-m cluster.mlflow.users --file",
         '{"username":"mlops-1","admin":true}',
-        '"experiments":{"cifar10-resnet18":"EDIT","cifar10-sweep":"EDIT","model-evaluation":"EDIT"}',
+        '"experiments":{"batch-inference":"EDIT","cifar10-resnet18":"EDIT","cifar10-sweep":"EDIT","model-evaluation":"EDIT"}',
         # the promotion gate: only the promotion step's user may move @champion
-        '{"username":"ray-promote","experiments":{"cifar10-resnet18":"EDIT","cifar10-sweep":"EDIT","model-evaluation":"EDIT"},'
+        '{"username":"ray-promote","experiments":{"batch-inference":"EDIT","cifar10-resnet18":"EDIT","cifar10-sweep":"EDIT","model-evaluation":"EDIT"},'
         '"registered_models":{"cifar10-classifier":"MANAGE"}}',
-        '{"username":"ray-serve","experiments":{"cifar10-resnet18":"READ","cifar10-sweep":"READ","model-evaluation":"READ"},'
+        '{"username":"ray-serve","experiments":{"batch-inference":"READ","cifar10-resnet18":"READ","cifar10-sweep":"READ","model-evaluation":"READ"},'
         '"registered_models":{"cifar10-classifier":"READ"}}',
     ],
     "05-connection-test.sh": ["ray job submit", "status_is 401", "status_is 301"],
