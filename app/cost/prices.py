@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -66,22 +66,22 @@ class PriceTable:
     path: Path = PRICES_FILE
 
     def instance(self, name: str) -> InstancePrice:
-        try:
-            return self.instances[name]
-        except KeyError:
-            known = ", ".join(sorted(self.instances))
-            raise PriceError(
-                f"{self.path}: no price for instance type {name!r} (known: {known})"
-            ) from None
+        return _priced(self.instances, name, "instance type", self.path)
 
     def service(self, name: str) -> float:
-        try:
-            return self.services[name]
-        except KeyError:
-            known = ", ".join(sorted(self.services))
-            raise PriceError(
-                f"{self.path}: no price for service {name!r} (known: {known})"
-            ) from None
+        return _priced(self.services, name, "service", self.path)
+
+
+T = TypeVar("T")
+
+
+def _priced(table: Mapping[str, T], name: str, kind: str, path: Path) -> T:
+    """``table[name]``, or a PriceError naming the price file and what it does price."""
+    try:
+        return table[name]
+    except KeyError:
+        known = ", ".join(sorted(table))
+        raise PriceError(f"{path}: no price for {kind} {name!r} (known: {known})") from None
 
 
 def _number(value: Any, where: str, *, zero_ok: bool = False) -> float:
