@@ -58,7 +58,7 @@ class PredictConfig(JobConfig):
     experiment: Experiment = PREDICT_EXPERIMENT
     overwrite: bool = Field(False, description="replace what --output already holds")
     max_actors: int | None = Field(
-        None, ge=1, description="actors in the pool (default: one per GPU, or per CPU but one)"
+        None, ge=1, description="actors in the pool (default: one per GPU, else one per CPU)"
     )
 
     @field_validator("model_uri")

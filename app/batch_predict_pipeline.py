@@ -1,5 +1,10 @@
-"""The Ray Data pipeline of bulk scoring: file bytes -> bounded decoding -> the model, loaded
-once per actor of a pool -> rows with the top-k classes (or an error) -> Parquet.
+"""The Ray Data pipeline of bulk scoring: paths -> one actor stage that reads the files
+(threads, so S3 latency overlaps), decodes them with bounds and runs the model, loaded once per
+actor of a pool -> rows with the top-k classes (or an error) -> Parquet.
+
+One stage, not Ray Data's read tasks feeding the actors: read tasks cannot fuse into an actor
+pool that asks for other resources, and as a separate stage they took CPU from the scoring
+actors on small machines (measured in BENCHMARKS.md).
 
 The driver downloads the model once and ships its two files (safetensors weights, JSON spec)
 through the object store: the actors neither call MLflow nor unpickle anything, and all of
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,16 +94,35 @@ def _uri(path: str, scheme: str) -> str:
     return f"{scheme}://{path}" if scheme and not path.startswith(f"{scheme}://") else path
 
 
+READ_THREADS = 16  # files fetched at once per actor: hides object-store latency, not CPU
+
+
+def read_file(filesystem: pafs.FileSystem, path: str, max_bytes: int) -> bytes | str:
+    """The file's bytes, or why they could not be read (listed files can vanish or grow)."""
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            data = stream.read(max_bytes + 1)
+    except (OSError, ValueError) as exc:
+        return f"not_readable: {type(exc).__name__}: {exc}"
+    if len(data) > max_bytes:
+        return f"too_large: over {max_bytes} bytes"
+    return bytes(data)
+
+
 def decode_batch(
-    blobs: list[bytes], size: int, channels: int, limits: Limits
+    blobs: list[bytes | str], size: int, channels: int, limits: Limits
 ) -> tuple[np.ndarray, list[int], dict[int, str]]:
-    """Decode what can be decoded: (uint8 (N, C, H, W), their indices, index -> error)."""
+    """Decode what can be decoded: (uint8 (N, C, H, W), their indices, index -> error).
+    A ``str`` among ``blobs`` is a file that could not be read: its error."""
     images: list[np.ndarray] = []
     good: list[int] = []
     errors: dict[int, str] = {}
     for index, data in enumerate(blobs):
+        if isinstance(data, str):
+            errors[index] = data
+            continue
         try:
-            image = open_image(bytes(data), size, channels, limits)
+            image = open_image(data, size, channels, limits)
             images.append(decode_image(image, size, channels))
             good.append(index)
         except InputError as exc:
@@ -109,7 +134,7 @@ def decode_batch(
 
 
 def score_rows(
-    predictor: Predictor, paths: list[str], blobs: list[bytes], options: ScoringOptions
+    predictor: Predictor, paths: list[str], blobs: list[bytes | str], options: ScoringOptions
 ) -> pa.Table:
     """One batch of files -> one output row each (scored, or with its error)."""
     spec = predictor.spec
@@ -148,23 +173,34 @@ def score_rows(
 
 
 class ImageScorer:
-    """The callable class of ``map_batches``: one model per actor, rebuilt in ``__init__``."""
+    """The callable class of ``map_batches``: one model per actor, rebuilt in ``__init__``;
+    each call reads its batch of paths, then scores it."""
 
     def __init__(
-        self, model: tuple[Any, ...] | ModelFiles, options: ScoringOptions, device: str
+        self,
+        model: tuple[Any, ...] | ModelFiles,
+        options: ScoringOptions,
+        device: str,
+        filesystem: pafs.FileSystem,
     ) -> None:
-        import ray
+        if isinstance(model, tuple):
+            import ray
 
-        # The shared copy's ref, inside a tuple: Ray Data passes constructor arguments on as
-        # given, and a top-level ref would be warned about on every actor of the pool.
-        files: ModelFiles = ray.get(model[0]) if isinstance(model, tuple) else model
+            # The shared copy's ref, inside a tuple: Ray Data passes constructor arguments on
+            # as given, and a top-level ref would be warned about on every actor of the pool.
+            files: ModelFiles = ray.get(model[0])
+        else:
+            files = model
         self.predictor = files.predictor(device)
         self.options = options
+        self.filesystem = filesystem
+        self.readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        return score_rows(
-            self.predictor, [str(p) for p in batch["path"]], list(batch["bytes"]), self.options
-        )
+        paths = [str(p) for p in batch["path"]]
+        max_bytes = self.options.limits.max_bytes
+        blobs = list(self.readers.map(lambda p: read_file(self.filesystem, p, max_bytes), paths))
+        return score_rows(self.predictor, paths, blobs, self.options)
 
 
 @dataclass(frozen=True)
@@ -179,6 +215,12 @@ class Resources:
     def device(self) -> str:
         return "cuda" if self.num_gpus else "cpu"
 
+    @property
+    def min_actors(self) -> int:
+        """GPU pools start with one actor and grow as GPU workers come up (they may rest at
+        zero); CPU pools start whole: grown one by one, the last actor started seconds late."""
+        return 1 if self.num_gpus else self.actors
+
     @classmethod
     def of_cluster(cls, max_actors: int | None = None) -> Resources:
         """Sized from what the cluster can grow to (the autoscaler's worker groups, declared in
@@ -190,11 +232,15 @@ class Resources:
 
         declared = os.environ.get(NODE_TYPES_ENV)
         capacity = cluster_capacity(parse_node_types(declared) if declared else ())
-        gpus, cpus = int(capacity.gpus), capacity.cpus
-        if gpus:
-            return cls(min(gpus, max_actors or gpus), 1.0, 1.0)
-        # Leave a CPU's worth for the read and write tasks, which feed the actors.
-        actors = max(1, int(cpus) - 1) if cpus >= 3 else max(1, int(cpus))
+        return cls.for_capacity(capacity.cpus, capacity.gpus, max_actors)
+
+    @classmethod
+    def for_capacity(cls, cpus: float, gpus: float, max_actors: int | None = None) -> Resources:
+        if int(gpus):
+            return cls(min(int(gpus), max_actors or int(gpus)), 1.0, 1.0)
+        # One actor per CPU: each reads, decodes and scores (torch on one thread, as Ray sets
+        # OMP_NUM_THREADS to an actor's CPUs); the Parquet writes need no CPU of their own.
+        actors = max(1, int(cpus))
         return cls(min(actors, max_actors or actors), 0.0, 1.0)
 
 
@@ -217,24 +263,21 @@ def run_pipeline(
     context.enable_progress_bars = True
     datasets = []
     if paths:
-        read = ray.data.read_binary_files(
-            paths,
-            include_paths=True,
-            filesystem=inputs_filesystem,
-            # Small tasks: the actors, not the reads, should hold the CPUs.
-            num_cpus=0.25 if not resources.num_gpus else 0.5,
-            # About a batch a block: Ray's default (a block per file below ~200 files) costs a
-            # task per image.
+        listed = ray.data.from_items(
+            [{"path": path} for path in paths],
+            # About a batch a block, so that every actor of the pool has blocks to take.
             override_num_blocks=max(1, math.ceil(len(paths) / batch_size)),
         )
         model_ref = ray.put(model)
         datasets.append(
-            read.map_batches(
+            listed.map_batches(
                 ImageScorer,
-                fn_constructor_args=((model_ref,), options, resources.device),
+                fn_constructor_args=((model_ref,), options, resources.device, inputs_filesystem),
                 batch_size=batch_size,
                 batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources.actors),
+                compute=ray.data.ActorPoolStrategy(
+                    min_size=resources.min_actors, max_size=resources.actors
+                ),
                 num_gpus=resources.num_gpus or None,
                 num_cpus=resources.num_cpus,
             )
@@ -242,7 +285,10 @@ def run_pipeline(
     if extra_rows is not None and extra_rows.num_rows:
         datasets.append(ray.data.from_arrow(extra_rows))
     dataset = datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:])
-    dataset.write_parquet(output_path, filesystem=output_filesystem)
+    # Writing scored rows is light: zero CPUs, so it never waits behind actors holding them all.
+    dataset.write_parquet(
+        output_path, filesystem=output_filesystem, ray_remote_args={"num_cpus": 0}
+    )
 
 
 @dataclass

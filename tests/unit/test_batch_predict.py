@@ -13,7 +13,14 @@ from PIL import Image
 
 from app import batch_predict_io as bio
 from app.batch_predict import PredictConfig
-from app.batch_predict_pipeline import OUTPUT_SCHEMA, ScoringOptions, error_table, score_rows
+from app.batch_predict_pipeline import (
+    OUTPUT_SCHEMA,
+    Resources,
+    ScoringOptions,
+    error_table,
+    read_file,
+    score_rows,
+)
 from app.config import ConfigError, merge_config
 from app.inference import Predictor
 from app.models import ModelSpec, build_model
@@ -183,6 +190,46 @@ def test_a_batch_becomes_one_row_per_file_bad_ones_with_their_error() -> None:
         probabilities_kept = [entry["probability"] for entry in row["top_k"]]
         assert probabilities_kept == sorted(probabilities_kept, reverse=True)
     assert {r["model_version"] for r in rows} == {"7"}
+
+
+def test_a_file_that_vanished_or_grew_after_listing_is_a_row_with_its_error(
+    tmp_path: Path,
+) -> None:
+    import pyarrow.fs as pafs
+
+    fs = pafs.LocalFileSystem()
+    (tmp_path / "ok.png").write_bytes(_png(50))
+    (tmp_path / "grown.png").write_bytes(_png(60, size=256))
+    limit = len(_png(50)) + 10
+    blobs = [read_file(fs, str(tmp_path / n), limit) for n in ("ok.png", "gone.png", "grown.png")]
+    assert blobs[0] == _png(50)
+    assert isinstance(blobs[1], str) and blobs[1].startswith("not_readable: ")
+    assert blobs[2] == f"too_large: over {limit} bytes"
+    rows = score_rows(
+        _predictor(), ["ok.png", "gone.png", "grown.png"], blobs, ScoringOptions(1, None, None, "")
+    ).to_pylist()
+    assert rows[0]["error"] is None and rows[0]["label"] is not None
+    assert [r["error"] for r in rows[1:]] == blobs[1:]
+    assert rows[1]["label"] is None and rows[2]["confidence"] is None
+
+
+def test_the_pool_takes_a_gpu_per_actor_where_there_are_gpus_else_a_cpu() -> None:
+    on_gpus = Resources.for_capacity(cpus=28, gpus=5)  # e.g. GPU workers resting at zero
+    assert (on_gpus.actors, on_gpus.num_gpus, on_gpus.device, on_gpus.min_actors) == (
+        5,
+        1.0,
+        "cuda",
+        1,  # grows as the GPU workers come up
+    )
+    assert Resources.for_capacity(28, 5, max_actors=2).actors == 2
+    on_cpus = Resources.for_capacity(cpus=2, gpus=0)
+    assert (on_cpus.actors, on_cpus.num_gpus, on_cpus.device, on_cpus.min_actors) == (
+        2,
+        0.0,
+        "cpu",
+        2,  # started whole
+    )
+    assert Resources.for_capacity(cpus=0.5, gpus=0).actors == 1  # never an empty pool
 
 
 def test_files_never_read_get_rows_of_the_same_schema() -> None:
