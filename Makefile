@@ -85,6 +85,17 @@ security: $(STAMP) ## bandit on the code, pip-audit on the locked dependencies
 	$(BIN)/bandit -q -c pyproject.toml -r app jobs serve cluster -ll
 	$(BIN)/pip-audit --requirement requirements.lock --no-deps --disable-pip --progress-spinner off
 
+# --- benchmarks ---------------------------------------------------------------------------------
+.PHONY: bench
+bench: $(STAMP) ## quick paired benchmarks: one table of every ratio with its spread (results/bench.jsonl)
+	@run=$$(date -u +%Y%m%dT%H%M%S); export BENCH_RUN=$$run; \
+	$(PY) benchmarks/paired.py --self-check --rounds 6 && \
+	$(PY) benchmarks/train_overhead.py --quick && \
+	$(PY) benchmarks/serve_load.py --quick && \
+	$(PY) benchmarks/batch_predict.py --quick && \
+	$(PY) benchmarks/tune_overhead.py --overhead-rounds 2 --trials 2 --epochs 3 && \
+	$(PY) benchmarks/paired.py --table $$run
+
 # --- tests --------------------------------------------------------------------------------------
 .PHONY: test
 test: $(STAMP) cluster-tools ## the whole suite: unit, integration, e2e (starts and stops its services)

@@ -1,7 +1,7 @@
 """Serving throughput under concurrent HTTP load, against the bare model, in one run.
 
-    python benchmarks/serve_load.py            # 30 s of load per phase
-    python benchmarks/serve_load.py --quick    # 10 s per phase, under two minutes in all
+    python benchmarks/serve_load.py            # 4 rounds, 30 s of load per phase
+    python benchmarks/serve_load.py --quick    # 2 rounds, 10 s per phase, about two minutes
 
 Starts a private local Ray and Serve (free ports; nothing shared is touched) in the Serve mode
 the project's clusters run (serve/throughput.py: HAProxy in front; set RAY_SERVE_ENABLE_HA_PROXY=0
@@ -11,27 +11,28 @@ deploys serve.service with serve/config.yaml's options and one Classifier replic
 ``--clients`` threads, each posting one PNG to /predict over a keep-alive connection (a held-out
 digit; with ``--dataset cifar10`` a 32x32 colour picture for a CIFAR-sized model):
 
-1. dynamic batching on (the config's max_batch_size and wait), then one client alone (the
-   latency an idle service adds by waiting for a batch to fill);
-2. dynamic batching off (redeployed with max_batch_size 1 in the ingress's user_config);
-3. the bare model in this process: ``Predictor.serve_proba`` on uint8 batches of exactly the
-   sizes the replica formed in phase 1, with one torch thread like the replica.
+Rounds, paired and interleaved (benchmarks/paired.py: batching on then off, then off then on,
+...), each of:
 
-4. mixed: phase 1's load with a tenth of the clients posting crafted images instead
-   (benchmarks/crafted_inputs.py: a 2048 x 2048 16-bit PNG and a flat WebP of a few KB each, an
-   RLE-compressed BMP), reporting the legitimate clients' throughput and latency.
+1. dynamic batching on (the config's max_batch_size and wait), and right after it the bare
+   model in this process: ``Predictor.serve_proba`` on uint8 batches of exactly the sizes the
+   replica formed in that phase, with one torch thread like the replica;
+2. dynamic batching off (redeployed with max_batch_size 1 in the ingress's user_config).
 
-Ratios: served / bare images per second (goal >= 0.5 on 2 CPU cores) and batching on / off
-(goal >= 2). Last line: one JSON object.
+Then once: one client alone (the latency an idle service adds by waiting for a batch to fill),
+and mixed: the batching-on load with a tenth of the clients posting crafted images instead
+(benchmarks/crafted_inputs.py: a 2048 x 2048 16-bit PNG and a flat WebP of a few KB each, an
+RLE-compressed BMP), reporting the legitimate clients' throughput and latency.
+
+Ratios, each the median of the rounds' ratios with min and max: served / bare images per second
+(goal >= 0.5 on 2 CPU cores) and batching on / off (goal >= 2). Last line: one JSON object,
+also appended to results/bench.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
-import itertools
-import json
 import os
 import statistics
 import sys
@@ -39,8 +40,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,127 +65,14 @@ from app import model_registry, tracking  # noqa: E402
 from app.datasets import dataset_info, load_splits  # noqa: E402
 from app.models import ModelSpec, build_model, cpu_state_dict  # noqa: E402
 from benchmarks.crafted_inputs import hostile_bodies  # noqa: E402
+from benchmarks.http_load import Phase, drive, merged  # noqa: E402
+from benchmarks.paired import Paired, paired, record  # noqa: E402
 from serve import service  # noqa: E402
 from serve.client import png_bytes  # noqa: E402
 
 MODEL_NAME = "bench-digits"
-# One answered request: its HTTP status (0: none) and seconds.
-Answered = Callable[[int, float], None]
 # The share of clients that send crafted inputs in the mixed phase.
 HOSTILE_SHARE = 0.1
-HEALTH_PROBE_S = 0.1
-
-
-@dataclass
-class Phase:
-    name: str
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
-    seconds: float = 0.0
-    # What the hostile clients got back, by status (0: no answer).
-    hostile: Counter[int] = field(default_factory=Counter)
-    # GET /health's seconds, probed every HEALTH_PROBE_S meanwhile (a load balancer's view).
-    health: list[float] = field(default_factory=list)
-
-    def summary(self) -> dict[str, float]:
-        return {
-            "rps": len(self.latencies) / self.seconds,
-            "p50_ms": 1000 * _quantile(self.latencies, 0.5),
-            "p99_ms": 1000 * _quantile(self.latencies, 0.99),
-            "errors": self.errors,
-            "requests": len(self.latencies),
-            "health_p50_ms": 1000 * _quantile(self.health, 0.5),
-            "health_max_ms": 1000 * max(self.health, default=float("nan")),
-        }
-
-
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values) or [float("nan")]
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
-def _probe_health(port: int, deadline: float, took: list[float]) -> None:
-    """``GET /health`` every HEALTH_PROBE_S until ``deadline``; each answer's seconds (a failed
-    probe counts as the time it took to fail)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    while (started := time.perf_counter()) < deadline:
-        try:
-            connection.request("GET", "/health")
-            connection.getresponse().read()
-        except (OSError, http.client.HTTPException):
-            connection.close()
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        took.append(time.perf_counter() - started)
-        time.sleep(max(0.0, HEALTH_PROBE_S - (time.perf_counter() - started)))
-    connection.close()
-
-
-def _post_until(port: int, bodies: list[bytes], deadline: float, answered: Answered) -> None:
-    """One client: ``bodies`` in turn, back to back over a keep-alive connection, until
-    ``deadline``; each answer's status (0: none) and seconds go to ``answered``."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    headers = {"Content-Type": "application/octet-stream"}
-    for body in itertools.cycle(bodies):
-        if (started := time.perf_counter()) >= deadline:
-            break
-        try:
-            connection.request("POST", "/predict", body, headers)
-            response = connection.getresponse()
-            response.read()
-            status = response.status
-        except (OSError, http.client.HTTPException):
-            connection.close()
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            status = 0
-        answered(status, time.perf_counter() - started)
-    connection.close()
-
-
-def drive(
-    port: int,
-    body: bytes,
-    clients: int,
-    seconds: float,
-    name: str,
-    hostile: tuple[list[bytes], int] = ([], 0),
-) -> Phase:
-    """``clients`` threads posting ``body`` back to back for ``seconds``; every answer counts.
-    With ``hostile`` (bodies, clients), that many more threads post those bodies meanwhile;
-    their answers are counted apart."""
-    phase = Phase(name)
-    deadline = time.perf_counter() + seconds
-    lock = threading.Lock()
-
-    def legit(status: int, took: float) -> None:
-        with lock:
-            if status == 200:
-                phase.latencies.append(took)
-            else:
-                phase.errors += 1
-
-    def attack(status: int, took: float) -> None:
-        with lock:
-            phase.hostile[status] += 1
-
-    bodies, attackers = hostile
-    threads = [
-        threading.Thread(target=_post_until, args=(port, [body], deadline, legit))
-        for _ in range(clients)
-    ]
-    threads += [
-        threading.Thread(target=_post_until, args=(port, bodies, deadline, attack))
-        for _ in range(attackers)
-    ]
-    threads.append(threading.Thread(target=_probe_health, args=(port, deadline, phase.health)))
-    began = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    phase.seconds = time.perf_counter() - began
-    hostile_note = f" hostile answers {dict(phase.hostile)}" if attackers else ""
-    print(name, json.dumps(phase.summary()) + hostile_note, flush=True)
-    return phase
 
 
 def register_untrained(spec: ModelSpec) -> str:
@@ -255,19 +142,23 @@ def report(
     args: argparse.Namespace,
     seconds: float,
     phases: dict[str, Phase],
-    counts: dict[int, int],
-    bare: float,
+    counts: Counter[int],
+    served_vs_bare: Paired,
+    batching: Paired,
 ) -> None:
     """The phases in words, then as one JSON line."""
     on, off = phases["batching_on"].summary(), phases["batching_off"].summary()
     idle, mixed = phases["idle"].summary(), phases["mixed"].summary()
     mean_batch = sum(s * n for s, n in counts.items()) / max(sum(counts.values()), 1)
+    ratio, spread = served_vs_bare.summary(), batching.summary()
     print(f"batch sizes formed with batching on: {dict(sorted(counts.items()))}")
     print(
         f"served {on['rps']:.0f} img/s (p50 {on['p50_ms']:.1f} ms, p99 {on['p99_ms']:.1f} ms, "
-        f"{on['errors']} errors); unbatched {off['rps']:.0f} img/s; bare model {bare:.0f} img/s "
-        f"at the same batch sizes (mean {mean_batch:.1f}); one idle client: p50 "
-        f"{idle['p50_ms']:.1f} ms"
+        f"{on['errors']} errors); unbatched {off['rps']:.0f} img/s; bare model "
+        f"{ratio['b_median']:.0f} img/s at the same batch sizes (mean {mean_batch:.1f}); "
+        f"served / bare {ratio['ratio']:.3f} ({ratio['ratio_min']:.3f}..{ratio['ratio_max']:.3f}), "
+        f"on / off {spread['ratio']:.2f} ({spread['ratio_min']:.2f}..{spread['ratio_max']:.2f}); "
+        f"one idle client: p50 {idle['p50_ms']:.1f} ms"
     )
     print(
         f"with {HOSTILE_SHARE:.0%} hostile clients: legitimate {mixed['rps']:.0f} img/s, p50 "
@@ -277,7 +168,7 @@ def report(
         f"{on['health_p50_ms']:.1f} ms, max {on['health_max_ms']:.1f} ms)"
     )
     print(
-        json.dumps(
+        record(
             {
                 "bench": "serve_load",
                 "model": args.model,
@@ -303,19 +194,102 @@ def report(
                 "unbatched_p50_ms": round(off["p50_ms"], 2),
                 "unbatched_p99_ms": round(off["p99_ms"], 2),
                 "mean_batch_size": round(mean_batch, 2),
-                "baseline_rps": round(bare, 1),
-                "ratio": round(on["rps"] / bare, 3),
-                "batching_ratio": round(on["rps"] / off["rps"], 3),
+                "baseline_rps": round(ratio["b_median"], 1),
+                "rounds": ratio["rounds"],
+                "goal": ">= 0.5",
+                **{k: ratio[k] for k in ("ratio", "ratio_min", "ratio_max", "ratios")},
+                "batching_goal": ">= 2",
+                **{f"batching_{k}": spread[k] for k in ("ratio", "ratio_min", "ratio_max")},
+                "batching_ratios": spread["ratios"],
             }
         )
     )
+
+
+@dataclass(frozen=True)
+class Load:
+    """Where and how hard the phases post."""
+
+    port: int
+    image: bytes
+    clients: int
+    seconds: float
+    warmup: float
+
+
+@dataclass
+class Rounds:
+    """What the paired rounds measured."""
+
+    phases: dict[str, Phase]
+    counts: Counter[int]  # batch sizes formed with batching on, all rounds
+    served_vs_bare: Paired
+    batching: Paired
+
+
+def measure_rounds(load: Load, model_uri: str, shape: tuple[int, ...], rounds: int) -> Rounds:
+    """Batching on (with its bare pair right after) and off, interleaved, on a running Serve."""
+    from ray import serve
+
+    batch_size_counts = BatchCounter()
+    on_phases: list[Phase] = []
+    off_phases: list[Phase] = []
+    bare: list[float] = []
+    counts: Counter[int] = Counter()
+
+    def served(batching: bool) -> float:
+        name = "batching_on" if batching else "batching_off"
+        serve.run(application(batching), name="classifier", route_prefix="/")
+        drive(load.port, load.image, load.clients, load.warmup, "warm-up")
+        before = batch_size_counts()
+        phase = drive(load.port, load.image, load.clients, load.seconds, name)
+        formed = Counter(batch_size_counts())
+        formed.subtract(before)
+        formed = +formed  # the sizes formed in this phase only
+        if batching:  # its bare pair: the same batch sizes, right after
+            counts.update(formed)
+            bare.append(bare_rps(model_uri, shape, formed, repeats=20))
+        (on_phases if batching else off_phases).append(phase)
+        return phase.summary()["rps"]
+
+    batching = paired(lambda: served(True), lambda: served(False), rounds)
+    return Rounds(
+        {
+            "batching_on": merged(on_phases, "batching_on"),
+            "batching_off": merged(off_phases, "batching_off"),
+        },
+        counts,
+        Paired([p.summary()["rps"] for p in on_phases], bare),
+        batching,
+    )
+
+
+def measure_once(load: Load) -> dict[str, Phase]:
+    """With batching on: one client alone (what the batching wait costs an idle service), and
+    the same load with a tenth of the clients sending crafted images."""
+    from ray import serve
+
+    serve.run(application(True), name="classifier", route_prefix="/")
+    attackers = max(1, round(load.clients * HOSTILE_SHARE))
+    return {
+        "idle": drive(load.port, load.image, 1, load.warmup, "idle"),
+        "mixed": drive(
+            load.port,
+            load.image,
+            load.clients - attackers,
+            load.seconds,
+            "mixed",
+            (hostile_bodies(), attackers),
+        ),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="10 s per phase instead of 30 s")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 10 s phases")
+    parser.add_argument("--rounds", type=int, default=None, help="paired rounds")
     parser.add_argument("--clients", type=int, default=32, help="concurrent client threads")
     parser.add_argument("--model", default="resnet18", help="architecture to serve")
     parser.add_argument(
@@ -328,6 +302,7 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="Ray logical CPUs")
     args = parser.parse_args()
     seconds, warmup = (10.0, 2.0) if args.quick else (30.0, 5.0)
+    rounds = args.rounds or (2 if args.quick else 4)
 
     import ray
     from ray import serve
@@ -343,47 +318,22 @@ def main() -> None:
             image = png_bytes(load_splits("digits").x_test[0, 0].numpy())
         else:
             image = png_bytes(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8))
-        port = free_port()
+        load = Load(free_port(), image, args.clients, seconds, warmup)
         os.environ.update(private_haproxy_env(f"{tmp}/haproxy", free_port(), free_port()))
         # HAProxy behind the front wrapper, as the project's clusters run it.
         os.environ.update(front_haproxy_env(), RAYVISION_PYTHON=sys.executable)
         # address="local": a private cluster, never one another user started on this machine.
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
         try:
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            batch_size_counts = BatchCounter()
-            phases: dict[str, Phase] = {}
-            counts: dict[int, int] = {}
-            for batching in (True, False):
-                name = "batching_on" if batching else "batching_off"
-                serve.run(application(batching), name="classifier", route_prefix="/")
-                drive(port, image, args.clients, warmup, "warm-up")
-                before = batch_size_counts()
-                phases[name] = drive(port, image, args.clients, seconds, name)
-                after = batch_size_counts()
-                if batching:
-                    counts = {
-                        s: n - before.get(s, 0) for s, n in after.items() if n > before.get(s, 0)
-                    }
-                    # One client alone: what the batching wait costs an idle service.
-                    phases["idle"] = drive(port, image, 1, warmup, "idle")
-                    # The same load with a tenth of the clients sending crafted images.
-                    attackers = max(1, round(args.clients * HOSTILE_SHARE))
-                    phases["mixed"] = drive(
-                        port,
-                        image,
-                        args.clients - attackers,
-                        seconds,
-                        "mixed",
-                        (hostile_bodies(), attackers),
-                    )
+            serve.start(http_options={"host": "127.0.0.1", "port": load.port})
+            shape = (spec.in_channels, spec.image_size, spec.image_size)
+            measured = measure_rounds(load, model_uri, shape, rounds)
+            phases = {**measured.phases, **measure_once(load)}
         finally:
             serve.shutdown()
             ray.shutdown()
-        shape = (spec.in_channels, spec.image_size, spec.image_size)
-        bare = bare_rps(model_uri, shape, counts, repeats=20)
 
-    report(args, seconds, phases, counts, bare)
+    report(args, seconds, phases, measured.counts, measured.served_vs_bare, measured.batching)
 
 
 if __name__ == "__main__":
