@@ -318,6 +318,7 @@ def run_sweep(cfg: TuneConfig) -> dict[str, Any]:
 def _run_sweep(cfg: TuneConfig) -> dict[str, Any]:
     from ray import tune
 
+    from app.tune.progress import SweepProgressReporter
     from app.tune.state_signing import StateSigner, state_key
 
     started = time.perf_counter()
@@ -370,6 +371,7 @@ def _run_sweep(cfg: TuneConfig) -> dict[str, Any]:
         # The signer signs each experiment snapshot as Tune writes it (app.tune.state_signing).
         callbacks=[
             _mlflow_closer(cfg.experiment, parent_run_id),
+            SweepProgressReporter(cfg.num_samples, cfg.epochs, cfg.metric, cfg.mode, parent_run_id),
             *scheduler_callbacks,
             StateSigner(),
         ],

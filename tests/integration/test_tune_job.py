@@ -23,6 +23,7 @@ def test_grid_sweep_in_process(
     mlflow_server: MlflowServer,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     space = tmp_path / "space.yaml"
@@ -43,6 +44,11 @@ def test_grid_sweep_in_process(
     assert json.loads(parent.data.params["search_space"]) == {
         "batch_size": {"type": "choice", "values": [64, 128]}
     }
+    # Progress as the sweep went: on the console and on the parent run.
+    assert "sweep: 2/2 trials done (0 stopped early, 0 failed)" in capsys.readouterr().out
+    assert parent.data.metrics["sweep_trials_done"] == 2
+    assert parent.data.metrics["sweep_trials_failed"] == 0
+    assert 0 < parent.data.metrics["sweep_best_val_accuracy"] <= 1
     children = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
