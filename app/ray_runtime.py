@@ -73,8 +73,35 @@ def ensure_ray() -> None:
         ray.init()  # a submitted job: its runtime env (working_dir) already carries the code
     else:
         pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        gone = None if os.environ.get("RAY_ADDRESS") else recorded_cluster_gone()
+        if gone:
+            # ray.init() would join it and fail after minutes of retries, and Ray's own helpers
+            # (the state API, Ray Train's placement-group cleaner) would keep looking there.
+            from ray._private.utils import get_ray_address_file
+
+            Path(get_ray_address_file(None)).unlink(missing_ok=True)
+            print(f"no Ray cluster answers at {gone}, where the last `ray start` here recorded "
+                  "one: forgot that record, starting a local cluster", flush=True)  # fmt: skip
         ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
     quiet_console()
+
+
+def recorded_cluster_gone(timeout_s: float = 2.0) -> str | None:
+    """The GCS address the last ``ray start`` on this machine recorded, when nothing listens
+    there any more; None when none is recorded or it answers."""
+    import socket
+
+    from ray._private.services import find_bootstrap_address
+
+    recorded = find_bootstrap_address(None)
+    if not recorded:
+        return None
+    host, _, port = recorded.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return None
+    except (OSError, ValueError):
+        return recorded
 
 
 def ray_job_id() -> str | None:

@@ -180,6 +180,3 @@ class SweepProgressReporter(Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.ended[trial.trial_id] = "ERROR"
         self.report(trials)
-
-    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-        self.report(trials)
