@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ray.tune import Callback
@@ -150,7 +150,7 @@ class SweepProgressReporter(Callback):
         counted = count(trials, self.total, self.epochs, self.clock() - self.started, self.ended)
         if self.best is None:
             return counted
-        return Progress(**{**counted.__dict__, "best": self.best[0], "best_trial": self.best[1]})
+        return replace(counted, best=self.best[0], best_trial=self.best[1])
 
     def report(self, trials: Sequence[Any]) -> None:
         self.last_report = self.clock()
